@@ -1,0 +1,216 @@
+//! `GET /api/v1/jobs/:id`, `GET /api/v1/jobs`, `DELETE /api/v1/jobs/:id`: authenticated,
+//! and a controller sees only its own jobs (another's is a 404, like a missing one).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use quickcmd_protocol::types::reason;
+use quickcmd_protocol::{
+    ErrorCode, JobList, JobResult, JobStatus, JobSummary, JobView, SubmitResponse,
+};
+
+use super::auth::{authenticate, Reader};
+use super::ApiError;
+use crate::audit::{AuditEvent, AuditKind};
+use crate::clock;
+use crate::jobs::CancelOutcome;
+use crate::state::Agent;
+use crate::store::JobRecord;
+
+const DEFAULT_LIST_LIMIT: usize = 50;
+const MAX_LIST_LIMIT: usize = 1000;
+
+fn not_found(job_id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::JobNotFound,
+        format!("no job `{job_id}` for this controller"),
+    )
+}
+
+fn store_error(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "job store error");
+    ApiError::new(
+        ErrorCode::Internal,
+        "the agent could not read its job store; see the agent log",
+    )
+}
+
+/// The job, if it exists and this reader may see it.
+pub(super) async fn visible_job(
+    agent: &Agent,
+    reader: &Reader,
+    job_id: &str,
+) -> Result<JobRecord, ApiError> {
+    match agent.store.get_job(job_id).await.map_err(store_error)? {
+        Some(job) if reader.sees(&job.controller_id) => Ok(job),
+        _ => Err(not_found(job_id)),
+    }
+}
+
+pub(super) async fn get(
+    State(agent): State<Arc<Agent>>,
+    Path(job_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<JobView>, ApiError> {
+    let path = format!("/api/v1/jobs/{job_id}");
+    let reader = authenticate(&agent, &Method::GET, &path, &headers, &query, true)?;
+    let job = visible_job(&agent, &reader, &job_id).await?;
+    let status: JobStatus = job.status.into();
+    let result = if status.is_final() {
+        Some(result_of(&agent, &job).await?)
+    } else {
+        None
+    };
+    Ok(Json(JobView {
+        job_id: job.job_id,
+        status,
+        result,
+    }))
+}
+
+async fn result_of(agent: &Agent, job: &JobRecord) -> Result<JobResult, ApiError> {
+    let frames = agent
+        .store
+        .frames_since(&job.job_id, 0)
+        .await
+        .map_err(store_error)?;
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    for frame in frames {
+        match frame.stream.as_str() {
+            "stderr" => stderr.push_str(&frame.data),
+            _ => stdout.push_str(&frame.data),
+        }
+    }
+    let start_ms = job.started_at_ms.unwrap_or(job.created_at_ms);
+    let end_ms = job.ended_at_ms.unwrap_or(start_ms);
+    Ok(JobResult {
+        job_id: job.job_id.clone(),
+        status: job.status.into(),
+        sandbox_id: job.sandbox_id.clone().unwrap_or_default(),
+        exit_code: job.exit_code.unwrap_or(-1),
+        stdout,
+        stderr,
+        start_time: clock::rfc3339_ms(start_ms),
+        end_time: clock::rfc3339_ms(end_ms),
+        duration_ms: if job.started_at_ms.is_some() {
+            end_ms - start_ms
+        } else {
+            0
+        },
+        error: job.error.clone(),
+        reason: job.reason.clone(),
+        stdout_truncated: job.stdout_truncated,
+        stderr_truncated: job.stderr_truncated,
+        stdout_bytes: job.stdout_bytes.max(0) as u64,
+        stderr_bytes: job.stderr_bytes.max(0) as u64,
+        stdout_sha256: job.stdout_sha256.clone().unwrap_or_default(),
+        stderr_sha256: job.stderr_sha256.clone().unwrap_or_default(),
+    })
+}
+
+pub(super) async fn list(
+    State(agent): State<Arc<Agent>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<JobList>, ApiError> {
+    let reader = authenticate(
+        &agent,
+        &Method::GET,
+        "/api/v1/jobs",
+        &headers,
+        &query,
+        false,
+    )?;
+    let Reader::Controller(controller_id) = reader else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "listing jobs needs a signed request",
+        ));
+    };
+    let status = match query.get("status").filter(|s| !s.is_empty()) {
+        Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidPayload,
+                format!(
+                    "status `{text}` is not one of pending, running, completed, failed, rejected"
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let limit = match query.get("limit") {
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidPayload,
+                    format!("limit must be a number from 1 to {MAX_LIST_LIMIT}"),
+                )
+            })?,
+        None => DEFAULT_LIST_LIMIT,
+    };
+    let jobs = agent
+        .store
+        .list_jobs(&controller_id, status.map(Into::into), limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(JobList {
+        jobs: jobs
+            .into_iter()
+            .map(|job| JobSummary {
+                job_id: job.job_id,
+                status: job.status.into(),
+                created_at: clock::rfc3339_ms(job.created_at_ms),
+                command: job.command,
+                exit_code: job.exit_code,
+            })
+            .collect(),
+    }))
+}
+
+pub(super) async fn cancel(
+    State(agent): State<Arc<Agent>>,
+    Path(job_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let path = format!("/api/v1/jobs/{job_id}");
+    let reader = authenticate(&agent, &Method::DELETE, &path, &headers, &query, false)?;
+    let job = visible_job(&agent, &reader, &job_id).await?;
+    let event = AuditEvent {
+        job_id: Some(job_id.clone()),
+        controller_id: Some(job.controller_id.clone()),
+        status: Some(JobStatus::from(job.status).as_str().to_string()),
+        ..AuditEvent::new(AuditKind::Cancel)
+    };
+    if let Err(error) = agent.audit.append(event).await {
+        tracing::error!(%error, "could not audit a cancel request");
+    }
+    match agent.cancel(&job_id, reason::CANCELLED).await {
+        CancelOutcome::Cancelled => {
+            let status = match agent.store.get_job(&job_id).await {
+                Ok(Some(job)) => job.status.into(),
+                _ => JobStatus::Running,
+            };
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(SubmitResponse { job_id, status }),
+            )
+                .into_response())
+        }
+        CancelOutcome::NotLive => Err(ApiError::new(
+            ErrorCode::JobAlreadyFinished,
+            format!(
+                "job `{job_id}` has already ended ({})",
+                JobStatus::from(job.status)
+            ),
+        )),
+    }
+}

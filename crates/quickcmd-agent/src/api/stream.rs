@@ -1,0 +1,194 @@
+//! `GET /api/v1/stream/:id` (WebSocket): stored frames after `since`, then live frames,
+//! then the final frame and a normal close. Refusals happen at the upgrade, with a status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use quickcmd_protocol::{ErrorCode, JobStatus, LogFrame, StreamName};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::auth::{authenticate, Reader};
+use super::jobs::visible_job;
+use super::ApiError;
+use crate::jobs::LiveJob;
+use crate::state::Agent;
+use crate::stream::final_frame;
+
+/// Close code for a subscriber that fell too far behind (policy violation).
+const CLOSE_LAGGED: u16 = 1008;
+
+pub(super) async fn stream(
+    State(agent): State<Arc<Agent>>,
+    Path(job_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let path = format!("/api/v1/stream/{job_id}");
+    let reader = authenticate(&agent, &Method::GET, &path, &headers, &query, true)?;
+    if reader == Reader::Open {
+        // The seed's open WebSocket: gated by an Origin naming an allowed controller.
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if agent.config().controller(origin).is_none() {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "open log streams need an Origin equal to an allowed controller",
+            ));
+        }
+    }
+    let since = match query.get("since") {
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidPayload,
+                "since must be a whole number (a frame seq)",
+            )
+        })?,
+        None => 0,
+    };
+    let job = visible_job(&agent, &reader, &job_id).await?;
+    let live = agent.jobs.live(&job_id);
+    let status: JobStatus = job.status.into();
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        agent.metrics.subscriber_joined();
+        match live {
+            Some(live) => follow_live(socket, live, since).await,
+            None => {
+                replay_stored(
+                    &agent,
+                    socket,
+                    &job_id,
+                    since,
+                    status,
+                    job.exit_code.unwrap_or(-1),
+                )
+                .await
+            }
+        }
+        agent.metrics.subscriber_left();
+    }))
+}
+
+fn text(frame: &LogFrame) -> Message {
+    Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+    let _ = socket.close().await;
+}
+
+async fn follow_live(socket: WebSocket, live: Arc<LiveJob>, since: u64) {
+    let subscription = live.stream.subscribe(since);
+    let (mut sink, mut incoming) = socket.split();
+    let mut last_sent = since;
+    for frame in &subscription.replay {
+        if sink.send(text(frame)).await.is_err() {
+            return;
+        }
+        last_sent = frame.seq;
+        if frame.is_final {
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: "job ended".into(),
+                })))
+                .await;
+            return;
+        }
+    }
+    let mut live_frames = subscription.live;
+    let skip_up_to = subscription.replayed_up_to;
+    loop {
+        tokio::select! {
+            received = live_frames.recv() => match received {
+                Ok(frame) => {
+                    if frame.seq <= skip_up_to || frame.seq <= last_sent {
+                        continue;
+                    }
+                    if sink.send(text(&frame)).await.is_err() {
+                        return;
+                    }
+                    last_sent = frame.seq;
+                    if frame.is_final {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "job ended".into() }))).await;
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    let reason = "subscriber fell behind; reconnect with ?since=<last seq>";
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CLOSE_LAGGED, reason: reason.into() }))).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            message = incoming.next() => match message {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+async fn replay_stored(
+    agent: &Agent,
+    mut socket: WebSocket,
+    job_id: &str,
+    since: u64,
+    status: JobStatus,
+    exit_code: i64,
+) {
+    let frames = match agent.store.frames_since(job_id, 0).await {
+        Ok(frames) => frames,
+        Err(error) => {
+            tracing::error!(job_id, %error, "could not read stored frames");
+            return close(socket, 1011, "job store unavailable").await;
+        }
+    };
+    let last_seq = frames
+        .iter()
+        .map(|f| f.seq.max(0) as u64)
+        .max()
+        .unwrap_or(0);
+    for frame in frames.into_iter().filter(|f| f.seq as u64 > since) {
+        let log = LogFrame {
+            job_id: job_id.to_string(),
+            timestamp: crate::clock::rfc3339_ms(frame.timestamp_ms),
+            stream: if frame.stream == "stderr" {
+                StreamName::Stderr
+            } else {
+                StreamName::Stdout
+            },
+            data: frame.data,
+            is_final: false,
+            seq: frame.seq as u64,
+            status: None,
+            exit_code: None,
+        };
+        if socket.send(text(&log)).await.is_err() {
+            return;
+        }
+    }
+    if !status.is_final() {
+        // Pending in the store but not live: only possible in the instant a job starts
+        // or ends; the client reconnects with `since`.
+        return close(socket, 1013, "job state is changing; reconnect with since").await;
+    }
+    let last = final_frame(job_id, last_seq + 1, status, exit_code);
+    if last.seq > since {
+        let _ = socket.send(text(&last)).await;
+    }
+    close(socket, 1000, "job ended").await;
+}

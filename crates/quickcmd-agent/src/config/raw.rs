@@ -1,0 +1,138 @@
+//! The YAML as written: one field per key, a doc comment each, and every default in one
+//! place. Unknown keys are refused by `deny_unknown_fields`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// TCP port of the HTTPS API; 0 picks a free port (printed at start).
+    pub port: u16,
+    /// Address to bind; "0.0.0.0" for all IPv4 interfaces.
+    pub bind_address: String,
+    /// Name of this agent in labels, logs and health; default: the hostname.
+    pub agent_id: Option<String>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP; only accepted with a loopback bind_address.
+    pub insecure_plain_http: bool,
+    /// Shared secret of the controllers named in `allowed_controllers`.
+    pub hmac_secret: Option<String>,
+    /// File holding the shared secret (instead of `hmac_secret`).
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Controllers that use the shared secret and have no scopes.
+    pub allowed_controllers: Vec<String>,
+    /// Controllers with their own secret and scopes.
+    pub controllers: Vec<RawController>,
+    pub max_concurrent_jobs: usize,
+    /// Accepted jobs waiting for a slot; beyond this, 429 QUEUE_FULL.
+    pub max_queued_jobs: usize,
+    pub allowed_images: Vec<String>,
+    pub default_image: Option<String>,
+    pub run_as_user: Option<String>,
+    pub run_as_group: Option<String>,
+    /// CPU cores.
+    pub default_cpu_limit: f64,
+    pub max_cpu_limit: f64,
+    /// Bytes; memory and memory+swap.
+    pub default_memory_limit: i64,
+    pub max_memory_limit: i64,
+    pub default_timeout_seconds: u64,
+    pub max_timeout_seconds: u64,
+    pub pids_limit: i64,
+    /// Stored output per stream; head and tail are kept beyond it.
+    pub max_output_bytes: usize,
+    /// `uid:gid` the command runs as inside the sandbox.
+    pub sandbox_user: String,
+    /// Size of the tmpfs at /tmp in the sandbox, bytes.
+    pub sandbox_tmp_bytes: i64,
+    /// Size of the writable work dir in the sandbox, bytes.
+    pub sandbox_workdir_bytes: i64,
+    pub mounts: Vec<RawMount>,
+    pub clock_skew_seconds: i64,
+    /// Largest allowed `ttl - timestamp`.
+    pub max_job_lifetime_seconds: i64,
+    pub data_dir: PathBuf,
+    pub job_retention_days: u32,
+    /// The seed's unauthenticated reads; off by default.
+    pub legacy_open_reads: bool,
+    /// Docker endpoint, e.g. unix:///var/run/docker.sock; default: the local socket.
+    pub docker_host: Option<String>,
+    /// text or json.
+    pub log_format: String,
+    pub audit_db_path: Option<PathBuf>,
+    pub shutdown_grace_seconds: u64,
+    /// Frames a WebSocket subscriber may fall behind before it is dropped (close 1008).
+    pub stream_buffer_frames: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawController {
+    pub id: String,
+    pub hmac_secret: Option<String>,
+    pub hmac_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMount {
+    pub name: String,
+    pub source: PathBuf,
+    pub target: String,
+    #[serde(default = "yes")]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for RawConfig {
+    fn default() -> RawConfig {
+        RawConfig {
+            port: 8443,
+            bind_address: "0.0.0.0".to_string(),
+            agent_id: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            insecure_plain_http: false,
+            hmac_secret: None,
+            hmac_secret_file: None,
+            allowed_controllers: Vec::new(),
+            controllers: Vec::new(),
+            max_concurrent_jobs: 5,
+            max_queued_jobs: 100,
+            allowed_images: vec!["alpine:latest".to_string()],
+            default_image: None,
+            run_as_user: None,
+            run_as_group: None,
+            default_cpu_limit: 0.5,
+            max_cpu_limit: 2.0,
+            default_memory_limit: 268_435_456,
+            max_memory_limit: 1_073_741_824,
+            default_timeout_seconds: 300,
+            max_timeout_seconds: 3600,
+            pids_limit: 256,
+            max_output_bytes: 1_048_576,
+            sandbox_user: "65534:65534".to_string(),
+            sandbox_tmp_bytes: 67_108_864,
+            sandbox_workdir_bytes: 268_435_456,
+            mounts: Vec::new(),
+            clock_skew_seconds: 300,
+            max_job_lifetime_seconds: 3600,
+            data_dir: PathBuf::from("/var/lib/quickcmd"),
+            job_retention_days: 30,
+            legacy_open_reads: false,
+            docker_host: None,
+            log_format: "text".to_string(),
+            audit_db_path: None,
+            shutdown_grace_seconds: 30,
+            stream_buffer_frames: 1024,
+        }
+    }
+}

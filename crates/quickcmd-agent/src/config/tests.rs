@@ -1,0 +1,121 @@
+use super::*;
+
+const SECRET: &str = "3f1c9a0b7d2e4f6a8b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a";
+
+fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join("agent-config.yaml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+fn base() -> String {
+    format!("port: 8443\nbind_address: \"127.0.0.1\"\ninsecure_plain_http: true\nhmac_secret: \"{SECRET}\"\nallowed_controllers:\n  - \"controller-1\"\nallowed_images: [\"img:1\"]\n")
+}
+
+fn refused(text: &str, needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = write(&dir, text);
+    let message = match AgentConfig::load(&path, None) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.contains(&path.display().to_string()),
+        "{message} lacks the path"
+    );
+    for needle in needles {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+}
+
+#[test]
+fn seed_config_shape_loads() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = write(&dir, &base());
+    let config = AgentConfig::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.listen.port(), 8443);
+    assert_eq!(config.limits.default_image, "img:1");
+    assert_eq!(config.limits.default_memory_limit, 268_435_456);
+    assert!(config.controller("controller-1").is_some());
+    assert!(config.controller("other").is_none());
+    assert!(config.warnings.is_empty());
+    assert_eq!(
+        format!("{:?}", config.controllers["controller-1"].secret),
+        "[redacted]"
+    );
+}
+
+#[test]
+fn bad_configs_name_key_and_line() {
+    refused(
+        &(base() + "max_concurent_jobs: 3\n"),
+        &["max_concurent_jobs", "line 8"],
+    );
+    refused(
+        &base().replace(SECRET, "CHANGE_ME"),
+        &["hmac_secret", "CHANGE_ME", "line 4"],
+    );
+    refused(
+        &base().replace(SECRET, "short"),
+        &["hmac_secret", "at least 32 bytes"],
+    );
+    refused(
+        &base().replace("insecure_plain_http: true\n", ""),
+        &["tls_cert_file"],
+    );
+    refused(
+        &base().replace("127.0.0.1", "0.0.0.0"),
+        &["insecure_plain_http", "loopback"],
+    );
+    refused(
+        &(base() + "default_image: other\n"),
+        &["default_image", "allowed_images"],
+    );
+    refused(&(base() + "log_format: xml\n"), &["log_format"]);
+    refused(&(base() + "sandbox_user: \"0:0\"\n"), &["sandbox_user"]);
+    refused(&(base() + "port: [1]\n"), &["line"]);
+    refused(
+        &(base() + "controllers:\n  - id: c2\n    hmac_secret: tooshort\n"),
+        &["controllers[0].hmac_secret"],
+    );
+}
+
+#[test]
+fn per_controller_secrets_and_env_secret() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let other = "b".repeat(40);
+    let secret_file = dir.path().join("c2.secret");
+    std::fs::write(&secret_file, format!("{other}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        "bind_address: \"127.0.0.1\"\ninsecure_plain_http: true\nallowed_controllers: [\"c1\"]\nallowed_images: [\"i\"]\ncontrollers:\n  - id: c2\n    hmac_secret_file: {}\n    scopes: [\"sandbox:network\"]\n",
+        secret_file.display()
+    );
+    let path = write(&dir, &text);
+    let config =
+        AgentConfig::load(&path, Some(SECRET.to_string())).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.controllers["c1"].secret.expose(), SECRET.as_bytes());
+    assert_eq!(config.controllers["c2"].secret.expose(), other.as_bytes());
+    assert_eq!(
+        config.controllers["c2"].scopes,
+        vec!["sandbox:network".to_string()]
+    );
+    assert!(
+        AgentConfig::load(&path, None).is_err(),
+        "c1 has no secret without the env"
+    );
+}
+
+#[test]
+fn world_readable_secret_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = write(&dir, &base());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = AgentConfig::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].contains("chmod 600"));
+}

@@ -1,0 +1,182 @@
+//! `quickcmd-agent`: serve (default), `--check-config`, `audit verify`, `audit list`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use quickcmd_agent::audit::AuditLog;
+use quickcmd_agent::config::{AgentConfig, LogFormat};
+
+const DEFAULT_CONFIG: &str = "/etc/quickcmd/agent-config.yaml";
+
+#[derive(Parser)]
+#[command(
+    name = "quickcmd-agent",
+    version,
+    about = "Runs signed QuickCMD jobs in Docker sandboxes, streams their output and audits everything"
+)]
+struct Cli {
+    /// Agent configuration file (YAML).
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Validate the configuration and exit (0 when valid).
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect the hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the whole chain; names the first bad row. Exit 0 intact, 1 broken.
+    Verify,
+    /// Show the most recent rows.
+    List {
+        /// How many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUICKCMD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match AgentConfig::load(&cli.config, std::env::var("QUICKCMD_HMAC_SECRET").ok()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("quickcmd-agent: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        for warning in &config.warnings {
+            eprintln!("warning: {warning}");
+        }
+        println!(
+            "config {} is valid: {} controller(s), listen {}, images {:?}",
+            cli.config.display(),
+            config.controllers.len(),
+            config.listen,
+            config.limits.allowed_images
+        );
+        return ExitCode::SUCCESS;
+    }
+    match cli.command {
+        Some(Command::Audit { action }) => audit(&config, action),
+        None => serve(config),
+    }
+}
+
+fn serve(config: AgentConfig) -> ExitCode {
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("quickcmd-agent: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(quickcmd_agent::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("quickcmd-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn audit(config: &AgentConfig, action: AuditAction) -> ExitCode {
+    let log = match AuditLog::open_read_only(&config.audit_db_path) {
+        Ok(log) => log,
+        Err(error) => {
+            eprintln!("quickcmd-agent: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match action {
+        AuditAction::Verify => match log.verify() {
+            Ok(report) => match report.first_bad {
+                None => {
+                    println!(
+                        "audit chain intact: {} rows in {}",
+                        report.rows,
+                        config.audit_db_path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(bad) => {
+                    println!(
+                        "audit chain BROKEN at row {}: {} ({} rows checked)",
+                        bad.id, bad.problem, report.rows
+                    );
+                    ExitCode::FAILURE
+                }
+            },
+            Err(error) => {
+                eprintln!("quickcmd-agent: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        AuditAction::List { limit, json } => match log.list(limit) {
+            Ok(rows) => {
+                for row in rows {
+                    if json {
+                        let line = serde_json::json!({
+                            "id": row.id, "time": quickcmd_agent::clock::rfc3339_ms(row.time_ms),
+                            "kind": row.kind.to_string(), "job_id": row.job_id, "controller_id": row.controller_id,
+                            "remote_addr": row.remote_addr, "accepted": row.accepted, "code": row.code,
+                            "status": row.status, "reason": row.reason, "command": row.command,
+                            "prompt": row.prompt, "exit_code": row.exit_code, "details": row.details,
+                            "prev_hash": row.prev_hash, "row_hash": row.row_hash,
+                        });
+                        println!("{line}");
+                    } else {
+                        println!(
+                            "{:>6} {} {:<12} {:<24} {:<16} {:<10} {:<22} {}",
+                            row.id,
+                            quickcmd_agent::clock::rfc3339_ms(row.time_ms),
+                            row.kind,
+                            row.job_id.as_deref().unwrap_or("-"),
+                            row.controller_id.as_deref().unwrap_or("-"),
+                            row.status.as_deref().unwrap_or("-"),
+                            row.code.as_deref().or(row.reason.as_deref()).unwrap_or("-"),
+                            row.command.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("quickcmd-agent: {error}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,299 @@
+//! The daemon's life: open state, recover from a crash, bind, drop privileges, serve
+//! HTTPS, reload on SIGHUP, drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use quickcmd_protocol::types::reason;
+use quickcmd_sandbox::DockerSandbox;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::audit::{AuditEvent, AuditKind, AuditLog};
+use crate::config::AgentConfig;
+use crate::state::Agent;
+use crate::store::Store;
+use crate::tls::{self, ReloadableCert};
+use crate::{api, clock, privileges};
+
+/// Handshake deadline, so idle half-open connections cannot pile up.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often expired jobs and logs are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Runs the agent until SIGTERM/SIGINT has drained it.
+pub async fn run(config: AgentConfig) -> Result<()> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir.join("agent.db"))
+        .with_context(|| format!("cannot open the job store in {}", config.data_dir.display()))?;
+    let audit = AuditLog::open(&config.audit_db_path).with_context(|| {
+        format!(
+            "cannot open the audit log {}",
+            config.audit_db_path.display()
+        )
+    })?;
+    let sandbox = DockerSandbox::connect(config.docker_host.as_deref())
+        .await
+        .context("cannot reach the Docker engine (is dockerd running, and may this user use its socket?)")?;
+
+    let resolver = match &config.tls {
+        Some(files) => Some(ReloadableCert::new(
+            tls::load_certified_key(files).context("cannot load the TLS certificate")?,
+        )),
+        None => None,
+    };
+    let acceptor = match &resolver {
+        Some(resolver) => Some(TlsAcceptor::from(tls::server_config(resolver.clone())?)),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (port in use? change `port` in {})",
+            config.listen,
+            config.path.display()
+        )
+    })?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+
+    let owned_files: Vec<PathBuf> = vec![
+        config.data_dir.join("agent.db"),
+        config.data_dir.join("agent.db-wal"),
+        config.data_dir.join("agent.db-shm"),
+        config.audit_db_path.clone(),
+    ];
+    privileges::drop_to(
+        config.run_as_user.as_deref(),
+        config.run_as_group.as_deref(),
+        &owned_files,
+    )
+    .context("cannot drop privileges")?;
+
+    let agent = Agent::new(config, store, audit, sandbox);
+    recover(&agent).await?;
+
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let shown = if local.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), local.port())
+    } else {
+        local
+    };
+    tracing::info!(address = %local, agent_id = %agent.config().agent_id, "quickcmd-agent listening");
+    println!("listening on {scheme}://{shown}");
+
+    let purge = tokio::spawn(purge_loop(agent.clone()));
+    let graceful = GracefulShutdown::new();
+    let app = api::router(agent.clone());
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, remote) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let service = app.clone().map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(remote));
+                    request
+                });
+                let service = hyper_util::service::TowerToHyperService::new(service);
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%remote, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                            let _ = watcher.watch(connection).await;
+                        }
+                        None => {
+                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                            let _ = watcher.watch(connection).await;
+                        }
+                    }
+                });
+            }
+            _ = hangup.recv() => reload(&agent, resolver.as_deref()),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+
+    drop(listener);
+    drain(&agent).await;
+    purge.abort();
+    // Final frames are out; give streams and in-flight answers a moment to flush.
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within 5 s");
+    }
+    let event = AuditEvent::new(AuditKind::Shutdown);
+    if let Err(error) = agent.audit.append(event).await {
+        tracing::error!(%error, "could not audit the shutdown");
+    }
+    tracing::info!("quickcmd-agent stopped");
+    Ok(())
+}
+
+/// SIGHUP: re-read the config file (and the certificate); a bad one is refused and the
+/// old one stays.
+fn reload(agent: &Agent, resolver: Option<&ReloadableCert>) {
+    let current = agent.config();
+    let env_secret = std::env::var("QUICKCMD_HMAC_SECRET").ok();
+    let new = match AgentConfig::load(&current.path, env_secret) {
+        Ok(new) => new,
+        Err(error) => {
+            tracing::error!(%error, "config reload refused; the running config stays");
+            return;
+        }
+    };
+    if new.listen != current.listen
+        || new.data_dir != current.data_dir
+        || new.audit_db_path != current.audit_db_path
+    {
+        tracing::warn!("port, bind_address, data_dir and audit_db_path changes take effect only after a restart");
+    }
+    match (&new.tls, resolver) {
+        (Some(files), Some(resolver)) => match tls::load_certified_key(files) {
+            Ok(key) => resolver.replace(key),
+            Err(error) => {
+                tracing::error!(%error, "config reload refused: the TLS certificate does not load; the running config stays");
+                return;
+            }
+        },
+        (None, None) => {}
+        _ => {
+            tracing::error!(
+                "config reload refused: switching between TLS and plain HTTP needs a restart"
+            );
+            return;
+        }
+    }
+    for warning in &new.warnings {
+        tracing::warn!("{warning}");
+    }
+    agent.replace_config(new);
+    tracing::info!(
+        controllers = agent.config().controllers.len(),
+        "config reloaded"
+    );
+}
+
+/// SIGTERM: refuse new jobs, let running ones finish within the grace period, then kill
+/// what is left; every job ends with a stored result and a final frame.
+async fn drain(agent: &Arc<Agent>) {
+    agent.begin_shutdown();
+    let grace = agent.config().shutdown_grace;
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        running = agent.jobs.running(),
+        "shutting down: no new jobs"
+    );
+    agent.fail_waiting(reason::AGENT_SHUTDOWN).await;
+    let deadline = tokio::time::Instant::now() + grace;
+    while agent.jobs.live_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if agent.jobs.live_count() > 0 {
+        tracing::warn!(
+            jobs = agent.jobs.live_count(),
+            "grace period over: killing running jobs"
+        );
+        agent.cancel_all(reason::AGENT_SHUTDOWN).await;
+        let hard_deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while agent.jobs.live_count() > 0 && tokio::time::Instant::now() < hard_deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Start-up after a crash: jobs left pending/running failed with `agent_restart`, and
+/// containers labelled with this agent's id removed.
+async fn recover(agent: &Arc<Agent>) -> Result<()> {
+    let config = agent.config();
+    let failed = agent
+        .store
+        .fail_interrupted(reason::AGENT_RESTART, clock::now_ms())
+        .await
+        .context("cannot mark interrupted jobs")?;
+    for job_id in &failed {
+        let event = AuditEvent {
+            job_id: Some(job_id.clone()),
+            status: Some("failed".to_string()),
+            reason: Some(reason::AGENT_RESTART.to_string()),
+            exit_code: Some(-1),
+            ..AuditEvent::new(AuditKind::Recovery)
+        };
+        agent
+            .audit
+            .append(event)
+            .await
+            .context("cannot audit an interrupted job")?;
+        tracing::warn!(job_id, "job was interrupted by an agent restart");
+    }
+    match agent
+        .sandbox
+        .remove_agent_containers(&config.agent_id)
+        .await
+    {
+        Ok(0) => {}
+        Ok(count) => tracing::warn!(count, "removed sandbox containers left by a previous run"),
+        Err(error) => tracing::error!(%error, "could not remove leftover sandbox containers"),
+    }
+    let event = AuditEvent {
+        details: serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "agent_id": config.agent_id, "interrupted_jobs": failed }),
+        ..AuditEvent::new(AuditKind::Startup)
+    };
+    agent
+        .audit
+        .append(event)
+        .await
+        .context("cannot write to the audit log")?;
+    Ok(())
+}
+
+async fn purge_loop(agent: Arc<Agent>) {
+    let mut timer = tokio::time::interval(PURGE_EVERY);
+    loop {
+        timer.tick().await;
+        let days = i64::from(agent.config().job_retention_days);
+        let now = clock::now_ms();
+        match agent.store.purge(now - days * 86_400_000, now / 1000).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "purged old jobs and logs"),
+            Err(error) => tracing::error!(%error, "purge failed"),
+        }
+    }
+}

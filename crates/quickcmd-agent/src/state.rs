@@ -1,0 +1,62 @@
+//! The agent's shared state: the live config (swapped on SIGHUP), the databases, the
+//! sandbox engine, metrics and the run queue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use quickcmd_sandbox::DockerSandbox;
+
+use crate::audit::AuditLog;
+use crate::config::AgentConfig;
+use crate::jobs::JobQueue;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub struct Agent {
+    config: RwLock<Arc<AgentConfig>>,
+    pub store: Store,
+    pub audit: AuditLog,
+    pub sandbox: DockerSandbox,
+    pub metrics: Metrics,
+    pub jobs: JobQueue,
+    shutting_down: AtomicBool,
+}
+
+impl Agent {
+    pub fn new(
+        config: AgentConfig,
+        store: Store,
+        audit: AuditLog,
+        sandbox: DockerSandbox,
+    ) -> Arc<Agent> {
+        Arc::new(Agent {
+            config: RwLock::new(Arc::new(config)),
+            store,
+            audit,
+            sandbox,
+            metrics: Metrics::default(),
+            jobs: JobQueue::default(),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The config in force now; a request keeps the one it started with.
+    pub fn config(&self) -> Arc<AgentConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace_config(&self, config: AgentConfig) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}

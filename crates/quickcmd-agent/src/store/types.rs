@@ -1,0 +1,212 @@
+//! The values the job store takes and returns. They are not wire types: the API maps them
+//! to the protocol crate's types.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
+/// Where a job is in its life. `Completed`, `Failed` and `Rejected` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobStatus {
+    Pending,
+    Running,
+    /// The command ran and exited, whatever its exit code.
+    Completed,
+    /// The command could not run, timed out, was killed or cancelled, or the agent stopped.
+    Failed,
+    /// Authenticated but refused (scopes, image, limits); it never ran.
+    Rejected,
+}
+
+impl JobStatus {
+    /// Every status, in the order `count_by_status` reports them.
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Pending,
+        JobStatus::Running,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Rejected,
+    ];
+
+    /// The protocol's spelling: `"pending"`, `"running"`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Rejected => "rejected",
+        }
+    }
+
+    /// Whether the job has ended; a final status is never changed again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Rejected
+        )
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not one of the five job statuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown job status {0:?}")]
+pub struct ParseJobStatusError(pub String);
+
+impl FromStr for JobStatus {
+    type Err = ParseJobStatusError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| ParseJobStatusError(text.to_owned()))
+    }
+}
+
+impl ToSql for JobStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for JobStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|error| FromSqlError::Other(Box::new(error)))
+    }
+}
+
+/// A job as accepted (or rejected) at submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub job_id: String,
+    pub controller_id: String,
+    pub command: String,
+    pub prompt: String,
+    /// The signed payload bytes, as text.
+    pub payload_json: String,
+    /// The hex HMAC the controller sent.
+    pub signature: String,
+    /// Whether the signature verified over the Go-canonical form rather than the raw bytes.
+    pub canonical: bool,
+    /// The `sandbox` extension field as JSON, when the payload had one.
+    pub sandbox_json: Option<String>,
+    /// Unix seconds after which the job must not start; its id is remembered until then.
+    pub ttl: i64,
+    /// Unix seconds, as signed by the controller.
+    pub timestamp: i64,
+    pub created_at_ms: i64,
+    /// `Pending` for an accepted job, `Rejected` for a refused one.
+    pub status: JobStatus,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A stored job: what was submitted plus what happened to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub controller_id: String,
+    pub command: String,
+    pub prompt: String,
+    pub payload_json: String,
+    pub signature: String,
+    pub canonical: bool,
+    pub sandbox_json: Option<String>,
+    pub ttl: i64,
+    pub timestamp: i64,
+    pub created_at_ms: i64,
+    pub status: JobStatus,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub started_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub sandbox_id: Option<String>,
+    pub stdout_bytes: i64,
+    pub stderr_bytes: i64,
+    pub stdout_sha256: Option<String>,
+    pub stderr_sha256: Option<String>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+/// How a job ended; `status` must be final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub status: JobStatus,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub exit_code: i64,
+    pub ended_at_ms: i64,
+    /// Replaces the stored sandbox id when `Some`; `None` keeps the one `mark_running` set.
+    pub sandbox_id: Option<String>,
+    pub stdout_bytes: i64,
+    pub stderr_bytes: i64,
+    pub stdout_sha256: String,
+    pub stderr_sha256: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+/// One stored log frame; `(job_id, seq)` is unique.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFrame {
+    pub seq: i64,
+    /// `"stdout"` or `"stderr"`.
+    pub stream: String,
+    pub data: String,
+    pub timestamp_ms: i64,
+}
+
+/// What `insert_job` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// A job with this id was already stored; it is returned unchanged. Whether the new
+    /// submission is an idempotent retry or a `DUPLICATE_JOB` is the caller's call.
+    Exists(JobRecord),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_through_text() {
+        for status in JobStatus::ALL {
+            assert_eq!(status.as_str().parse::<JobStatus>(), Ok(status));
+            assert_eq!(status.to_string(), status.as_str());
+        }
+        assert_eq!(
+            "Pending".parse::<JobStatus>(),
+            Err(ParseJobStatusError("Pending".to_owned()))
+        );
+        assert_eq!(
+            "".parse::<JobStatus>().map_err(|e| e.to_string()),
+            Err("unknown job status \"\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn final_statuses() {
+        let finals: Vec<_> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_final())
+            .collect();
+        assert_eq!(
+            finals,
+            [JobStatus::Completed, JobStatus::Failed, JobStatus::Rejected]
+        );
+    }
+}

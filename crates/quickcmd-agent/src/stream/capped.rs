@@ -1,0 +1,113 @@
+//! The cap on stored output of one stream: the first half of `max_output_bytes` is kept as
+//! it comes, the last half in a ring; what falls out between them is counted and replaced
+//! by one marker frame. Live subscribers still see every frame.
+
+use std::collections::VecDeque;
+
+use quickcmd_protocol::{LogFrame, StreamName};
+
+pub struct CappedStream {
+    name: StreamName,
+    head_budget: usize,
+    tail_budget: usize,
+    head: Vec<LogFrame>,
+    head_bytes: usize,
+    /// Set once a frame did not fit in the head; everything after goes to the tail.
+    overflowed: bool,
+    tail: VecDeque<LogFrame>,
+    tail_bytes: usize,
+    omitted_bytes: u64,
+    /// Seq of the first frame that left the stored view; the marker takes it.
+    first_omitted_seq: Option<u64>,
+}
+
+impl CappedStream {
+    pub fn new(name: StreamName, max_bytes: usize) -> CappedStream {
+        let head_budget = max_bytes / 2;
+        CappedStream {
+            name,
+            head_budget,
+            tail_budget: max_bytes - head_budget,
+            head: Vec::new(),
+            head_bytes: 0,
+            overflowed: false,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            omitted_bytes: 0,
+            first_omitted_seq: None,
+        }
+    }
+
+    /// Records a frame. Returns true when it belongs to the head, which is stored at once;
+    /// tail frames are stored when the stream ends.
+    pub fn accept(&mut self, frame: &LogFrame) -> bool {
+        let size = frame.data.len();
+        if !self.overflowed && self.head_bytes + size <= self.head_budget {
+            self.head_bytes += size;
+            self.head.push(frame.clone());
+            return true;
+        }
+        self.overflowed = true;
+        self.tail_bytes += size;
+        self.tail.push_back(frame.clone());
+        while self.tail_bytes > self.tail_budget {
+            let Some(oldest) = self.tail.pop_front() else {
+                break;
+            };
+            self.tail_bytes -= oldest.data.len();
+            self.omitted_bytes += oldest.data.len() as u64;
+            self.first_omitted_seq.get_or_insert(oldest.seq);
+        }
+        false
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.omitted_bytes > 0
+    }
+
+    fn marker(&self) -> Option<LogFrame> {
+        let seq = self.first_omitted_seq?;
+        let timestamp = self
+            .head
+            .last()
+            .map(|f| f.timestamp.clone())
+            .unwrap_or_default();
+        Some(LogFrame {
+            job_id: self.head.first().or(self.tail.front()).map(|f| f.job_id.clone()).unwrap_or_default(),
+            timestamp,
+            stream: self.name,
+            data: format!(
+                "\n[quickcmd: {} bytes of {} omitted here; stored output keeps the head and the tail]\n",
+                self.omitted_bytes,
+                self.name.as_str()
+            ),
+            is_final: false,
+            seq,
+            status: None,
+            exit_code: None,
+        })
+    }
+
+    /// The stored view now: head, marker (if anything was dropped), tail.
+    pub fn stored_frames(&self) -> Vec<LogFrame> {
+        let mut frames = self.head.clone();
+        frames.extend(self.marker());
+        frames.extend(self.tail.iter().cloned());
+        frames
+    }
+
+    /// Frames to store when the stream ends: the marker and the tail (the head is stored).
+    pub fn marker_and_tail(&self) -> Vec<LogFrame> {
+        let mut frames: Vec<LogFrame> = self.marker().into_iter().collect();
+        frames.extend(self.tail.iter().cloned());
+        frames
+    }
+
+    /// The stored text as the result's `stdout`/`stderr`.
+    pub fn stored_text(&self) -> String {
+        self.stored_frames()
+            .iter()
+            .map(|f| f.data.as_str())
+            .collect()
+    }
+}

@@ -1,0 +1,233 @@
+//! Live output of running jobs: numbering frames, the head/tail cap on stored output, the
+//! full-stream byte counts and hashes, replay for late subscribers and fan-out to many.
+
+mod capped;
+mod utf8;
+
+use std::sync::{Arc, Mutex};
+
+use quickcmd_protocol::{JobStatus, LogFrame, StreamName};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+
+pub use capped::CappedStream;
+pub use utf8::Utf8Chunker;
+
+use crate::clock;
+
+/// Byte count, hash and truncation of one stream once the job has ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub bytes: u64,
+    pub sha256: String,
+    pub truncated: bool,
+    /// Stored text: head, marker line, tail.
+    pub text: String,
+}
+
+struct StreamState {
+    chunker: Utf8Chunker,
+    capped: CappedStream,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl StreamState {
+    fn new(name: StreamName, max_bytes: usize) -> StreamState {
+        StreamState {
+            chunker: Utf8Chunker::default(),
+            capped: CappedStream::new(name, max_bytes),
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+}
+
+struct Inner {
+    seq: u64,
+    stdout: StreamState,
+    stderr: StreamState,
+    final_frame: Option<Arc<LogFrame>>,
+    /// Stored frames not yet written to the database.
+    unsaved: Vec<LogFrame>,
+}
+
+/// One running job's output. Frames go out to subscribers at once through a bounded
+/// broadcast channel: a subscriber that falls `buffer` frames behind is told it lagged and
+/// is dropped; the job never waits for anyone.
+pub struct JobStream {
+    job_id: String,
+    inner: Mutex<Inner>,
+    sender: broadcast::Sender<Arc<LogFrame>>,
+}
+
+/// What a new subscriber gets: the stored frames after `since`, then the live receiver.
+pub struct Subscription {
+    pub replay: Vec<Arc<LogFrame>>,
+    pub live: broadcast::Receiver<Arc<LogFrame>>,
+    /// Highest seq in `replay` (or `since`); live frames at or below it are duplicates.
+    pub replayed_up_to: u64,
+}
+
+impl JobStream {
+    pub fn new(job_id: &str, max_output_bytes: usize, buffer: usize) -> JobStream {
+        let (sender, _) = broadcast::channel(buffer.max(1));
+        JobStream {
+            job_id: job_id.to_string(),
+            inner: Mutex::new(Inner {
+                seq: 0,
+                stdout: StreamState::new(StreamName::Stdout, max_output_bytes),
+                stderr: StreamState::new(StreamName::Stderr, max_output_bytes),
+                final_frame: None,
+                unsaved: Vec::new(),
+            }),
+            sender,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves plain data behind; keep serving it.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes bytes as the sandbox wrote them; sends the text on as one frame.
+    pub fn push(&self, stream: StreamName, bytes: &[u8]) {
+        let mut inner = self.lock();
+        let state = match stream {
+            StreamName::Stdout => &mut inner.stdout,
+            StreamName::Stderr => &mut inner.stderr,
+        };
+        state.bytes += bytes.len() as u64;
+        state.hasher.update(bytes);
+        let text = state.chunker.push(bytes);
+        if text.is_empty() {
+            return;
+        }
+        self.emit(&mut inner, stream, text);
+    }
+
+    fn emit(&self, inner: &mut Inner, stream: StreamName, text: String) {
+        inner.seq += 1;
+        let frame = LogFrame {
+            job_id: self.job_id.clone(),
+            timestamp: clock::rfc3339_ms(clock::now_ms()),
+            stream,
+            data: text,
+            is_final: false,
+            seq: inner.seq,
+            status: None,
+            exit_code: None,
+        };
+        let state = match stream {
+            StreamName::Stdout => &mut inner.stdout,
+            StreamName::Stderr => &mut inner.stderr,
+        };
+        if state.capped.accept(&frame) {
+            inner.unsaved.push(frame.clone());
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.sender.send(Arc::new(frame));
+    }
+
+    /// Frames kept in the head since the last call, to write to the database now.
+    pub fn take_unsaved(&self) -> Vec<LogFrame> {
+        std::mem::take(&mut self.lock().unsaved)
+    }
+
+    /// Ends the streams: flushes unfinished characters, and returns the frames still to
+    /// store (the marker and the tails) and each stream's summary.
+    pub fn finish_output(&self) -> (Vec<LogFrame>, StreamSummary, StreamSummary) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        for stream in [StreamName::Stdout, StreamName::Stderr] {
+            let rest = match stream {
+                StreamName::Stdout => inner.stdout.chunker.finish(),
+                StreamName::Stderr => inner.stderr.chunker.finish(),
+            };
+            if !rest.is_empty() {
+                self.emit(inner, stream, rest);
+            }
+        }
+        let mut frames = std::mem::take(&mut inner.unsaved);
+        let mut summaries = Vec::with_capacity(2);
+        for state in [&mut inner.stdout, &mut inner.stderr] {
+            frames.extend(state.capped.marker_and_tail());
+            let hasher = std::mem::take(&mut state.hasher);
+            summaries.push(StreamSummary {
+                bytes: state.bytes,
+                sha256: hex::encode(hasher.finalize()),
+                truncated: state.capped.truncated(),
+                text: state.capped.stored_text(),
+            });
+        }
+        frames.sort_by_key(|frame| frame.seq);
+        let stderr = summaries.pop().unwrap_or_else(empty_summary);
+        let stdout = summaries.pop().unwrap_or_else(empty_summary);
+        (frames, stdout, stderr)
+    }
+
+    /// Sends the final frame and keeps it for subscribers that arrive afterwards.
+    pub fn finish(&self, status: JobStatus, exit_code: i64) -> Arc<LogFrame> {
+        let mut inner = self.lock();
+        let frame = Arc::new(final_frame(&self.job_id, inner.seq + 1, status, exit_code));
+        inner.final_frame = Some(frame.clone());
+        let _ = self.sender.send(frame.clone());
+        frame
+    }
+
+    /// Subscribes: stored frames after `since` in seq order (the marker standing in for a
+    /// dropped middle), then live frames.
+    pub fn subscribe(&self, since: u64) -> Subscription {
+        let inner = self.lock();
+        // Subscribing under the lock means no frame falls between replay and live.
+        let live = self.sender.subscribe();
+        let mut replay: Vec<LogFrame> = Vec::new();
+        replay.extend(inner.stdout.capped.stored_frames());
+        replay.extend(inner.stderr.capped.stored_frames());
+        replay.retain(|frame| frame.seq > since);
+        replay.sort_by_key(|frame| frame.seq);
+        let mut replay: Vec<Arc<LogFrame>> = replay.into_iter().map(Arc::new).collect();
+        if let Some(final_frame) = &inner.final_frame {
+            if final_frame.seq > since {
+                replay.push(final_frame.clone());
+            }
+        }
+        Subscription {
+            replay,
+            live,
+            replayed_up_to: inner.seq.max(since),
+        }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.sender.receiver_count()
+    }
+}
+
+fn empty_summary() -> StreamSummary {
+    StreamSummary {
+        bytes: 0,
+        sha256: hex::encode(Sha256::digest(b"")),
+        truncated: false,
+        text: String::new(),
+    }
+}
+
+/// The last frame of a job: empty stdout data, `final: true`, status and exit code.
+pub fn final_frame(job_id: &str, seq: u64, status: JobStatus, exit_code: i64) -> LogFrame {
+    LogFrame {
+        job_id: job_id.to_string(),
+        timestamp: clock::rfc3339_ms(clock::now_ms()),
+        stream: StreamName::Stdout,
+        data: String::new(),
+        is_final: true,
+        seq,
+        status: Some(status),
+        exit_code: Some(exit_code),
+    }
+}
+
+#[cfg(test)]
+mod tests;

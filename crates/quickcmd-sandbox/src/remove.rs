@@ -1,0 +1,152 @@
+//! Remove containers: the one a job ran in (always, whatever happened), the one left behind
+//! when a `run` future is dropped mid-way, and every leftover of an agent at its start.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::Docker;
+
+use crate::client::DockerSandbox;
+use crate::create::{LABEL_AGENT, LABEL_MANAGED};
+use crate::error::{engine_message, engine_status, SandboxError};
+
+/// A failed removal is retried this many times in all before `run` reports it.
+const REMOVE_ATTEMPTS: u32 = 3;
+const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Force-removes `container_id` (killing it if it still runs) with its anonymous volumes.
+/// A container that is already gone, or already being removed, counts as removed.
+pub(crate) async fn remove_container(
+    docker: &Docker,
+    container_id: &str,
+    job_id: &str,
+) -> Result<(), SandboxError> {
+    let mut attempt = 1;
+    loop {
+        match remove_once(docker, container_id).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt >= REMOVE_ATTEMPTS => {
+                return Err(SandboxError::engine("remove container", job_id, &err))
+            }
+            Err(err) => {
+                tracing::warn!(job_id, container_id, attempt, error = %engine_message(&err), "container removal failed, retrying");
+                attempt += 1;
+                tokio::time::sleep(REMOVE_RETRY_DELAY).await;
+            }
+        }
+    }
+}
+
+async fn remove_once(docker: &Docker, container_id: &str) -> Result<(), bollard::errors::Error> {
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(container_id, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(err) if engine_status(&err) == Some(404) => Ok(()),
+        Err(err)
+            if engine_status(&err) == Some(409)
+                && engine_message(&err).contains("already in progress") =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Removes the container when dropped while armed: if the future driving a job is dropped
+/// (its task aborted, the agent shutting down), the container must still not outlive it.
+pub(crate) struct ContainerGuard {
+    docker: Docker,
+    container_id: String,
+    job_id: String,
+    armed: bool,
+}
+
+impl ContainerGuard {
+    pub(crate) fn new(docker: &Docker, container_id: &str, job_id: &str) -> Self {
+        Self {
+            docker: docker.clone(),
+            container_id: container_id.to_owned(),
+            job_id: job_id.to_owned(),
+            armed: true,
+        }
+    }
+
+    /// The caller removes the container itself from here on.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(job_id = %self.job_id, container_id = %self.container_id, "no runtime to remove an abandoned container; remove_agent_containers will");
+            return;
+        };
+        let docker = self.docker.clone();
+        let container_id = std::mem::take(&mut self.container_id);
+        let job_id = std::mem::take(&mut self.job_id);
+        runtime.spawn(async move {
+            if let Err(err) = remove_container(&docker, &container_id, &job_id).await {
+                tracing::error!(%job_id, %container_id, error = %err, "could not remove an abandoned container");
+            }
+        });
+    }
+}
+
+impl DockerSandbox {
+    /// Force-removes every container labelled `quickcmd.agent=<agent_id>` (running or not)
+    /// and returns how many were removed. Meant for agent start, when nothing of that agent
+    /// can still be running legitimately.
+    pub async fn remove_agent_containers(&self, agent_id: &str) -> Result<usize, SandboxError> {
+        let cleanup_error = |message: String| SandboxError::Cleanup {
+            agent_id: agent_id.to_owned(),
+            message,
+        };
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_AGENT}={agent_id}"),
+                format!("{LABEL_MANAGED}=true"),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|err| cleanup_error(engine_message(&err)))?;
+
+        let mut removed = 0;
+        let mut failures = Vec::new();
+        for container in containers {
+            let Some(container_id) = container.id else {
+                continue;
+            };
+            match remove_once(&self.docker, &container_id).await {
+                Ok(()) => removed += 1,
+                Err(err) => failures.push(format!("{container_id}: {}", engine_message(&err))),
+            }
+        }
+        if failures.is_empty() {
+            tracing::info!(agent_id, removed, "removed leftover containers");
+            Ok(removed)
+        } else {
+            Err(cleanup_error(format!(
+                "removed {removed}, failed {}: {}",
+                failures.len(),
+                failures.join("; ")
+            )))
+        }
+    }
+}

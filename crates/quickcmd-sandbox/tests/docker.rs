@@ -1,0 +1,887 @@
+//! The sandbox against the real Docker engine and the real `quickcmd-sandbox:latest` image
+//! (built by `scripts/build-sandbox-image.sh` when needed). No engine is a failure, never a
+//! skip: every behaviour the agent relies on is proven here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use quickcmd_sandbox::{
+    BindMount, DockerSandbox, EndReason, OutputChunk, SandboxError, SandboxOutcome, SandboxSpec,
+    LABEL_AGENT, LABEL_JOB, LABEL_MANAGED,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+const IMAGE: &str = "quickcmd-sandbox:latest";
+const NOBODY: &str = "65534:65534";
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{}-{nanos:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn no_engine(what: &str, err: &dyn std::fmt::Display) -> ! {
+    let ci = std::env::var("CI").is_ok_and(|value| value == "true");
+    panic!(
+        "the Docker engine does not answer ({what}: {err}); these tests need a real engine, \
+         start one with scripts/ensure-docker.sh{}",
+        if ci {
+            " (CI=true: a missing engine fails the build)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Builds the image once per test binary; the script is a no-op when the image is current.
+async fn ensure_image() {
+    static IMAGE_READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = tokio::task::spawn_blocking(|| {
+        IMAGE_READY
+            .get_or_init(|| {
+                let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../scripts/build-sandbox-image.sh");
+                let result = std::process::Command::new("bash")
+                    .arg(&script)
+                    .arg(IMAGE)
+                    .output()
+                    .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
+                if result.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} failed: {}",
+                        script.display(),
+                        String::from_utf8_lossy(&result.stderr)
+                    ))
+                }
+            })
+            .clone()
+    })
+    .await
+    .expect("image build task panicked");
+    if let Err(err) = ready {
+        panic!("the sandbox image {IMAGE} is not available: {err}");
+    }
+}
+
+async fn sandbox() -> DockerSandbox {
+    let sandbox = match DockerSandbox::connect(None).await {
+        Ok(sandbox) => sandbox,
+        Err(err) => no_engine("connect", &err),
+    };
+    if let Err(err) = sandbox.ping().await {
+        no_engine("ping", &err);
+    }
+    ensure_image().await;
+    sandbox
+}
+
+/// A raw engine handle for checking what the crate did, independent of the crate.
+async fn raw_docker() -> Docker {
+    let docker = Docker::connect_with_local_defaults().expect("local docker socket");
+    docker.negotiate_version().await.expect("version handshake")
+}
+
+async fn containers_labelled(label: &str) -> Vec<String> {
+    let filters = HashMap::from([("label", vec![label.to_owned()])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    raw_docker()
+        .await
+        .list_containers(Some(options))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .filter_map(|container| container.id)
+        .collect()
+}
+
+fn spec(agent_id: &str, command: &str) -> SandboxSpec {
+    SandboxSpec {
+        job_id: unique("job"),
+        agent_id: agent_id.to_owned(),
+        image: IMAGE.to_owned(),
+        command: command.to_owned(),
+        user: NOBODY.to_owned(),
+        network: false,
+        cpu_limit: 1.0,
+        memory_limit_bytes: 64 << 20,
+        pids_limit: 64,
+        timeout: Duration::from_secs(30),
+        env: BTreeMap::new(),
+        workdir: "/work".to_owned(),
+        tmp_size_bytes: 16 << 20,
+        workdir_size_bytes: 16 << 20,
+        mounts: Vec::new(),
+    }
+}
+
+/// One finished `run`, with every output chunk and when it arrived.
+struct Finished {
+    result: Result<SandboxOutcome, SandboxError>,
+    events: Vec<(Instant, OutputChunk)>,
+    started_at: Option<Instant>,
+    returned_at: Instant,
+}
+
+impl Finished {
+    fn outcome(&self) -> &SandboxOutcome {
+        match &self.result {
+            Ok(outcome) => outcome,
+            Err(err) => panic!("run failed: {err}"),
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.collect(|chunk| match chunk {
+            OutputChunk::Stdout(bytes) => Some(bytes),
+            OutputChunk::Stderr(_) => None,
+        })
+    }
+
+    fn stderr(&self) -> String {
+        self.collect(|chunk| match chunk {
+            OutputChunk::Stderr(bytes) => Some(bytes),
+            OutputChunk::Stdout(_) => None,
+        })
+    }
+
+    fn collect(&self, pick: impl Fn(&OutputChunk) -> Option<&bytes::Bytes>) -> String {
+        let bytes: Vec<u8> = self
+            .events
+            .iter()
+            .filter_map(|(_, chunk)| pick(chunk))
+            .flat_map(|bytes| bytes.iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// When the first chunk containing `needle` arrived.
+    fn arrival_of(&self, needle: &str) -> Instant {
+        self.events
+            .iter()
+            .find(|(_, chunk)| match chunk {
+                OutputChunk::Stdout(bytes) | OutputChunk::Stderr(bytes) => {
+                    String::from_utf8_lossy(bytes).contains(needle)
+                }
+            })
+            .map(|(at, _)| *at)
+            .unwrap_or_else(|| panic!("{needle:?} never arrived"))
+    }
+}
+
+/// Runs `spec` with an output channel of `capacity`, a reader that sleeps `read_delay` per
+/// chunk, and `on_started` called with the container id once it runs. Afterwards asserts the
+/// container is gone.
+async fn run_with(
+    sandbox: &DockerSandbox,
+    spec: SandboxSpec,
+    cancel: CancellationToken,
+    capacity: usize,
+    read_delay: Duration,
+    on_started: impl FnOnce(String) + Send + 'static,
+) -> Finished {
+    let job_label = format!("{LABEL_JOB}={}", spec.job_id);
+    let (output_tx, mut output_rx) = mpsc::channel(capacity);
+    let (started_tx, started_rx) = oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(chunk) = output_rx.recv().await {
+            events.push((Instant::now(), chunk));
+            if !read_delay.is_zero() {
+                tokio::time::sleep(read_delay).await;
+            }
+        }
+        events
+    });
+    let starter = tokio::spawn(async move {
+        let container_id = started_rx.await.ok()?;
+        let at = Instant::now();
+        on_started(container_id);
+        Some(at)
+    });
+    let result = sandbox.run(spec, output_tx, cancel, started_tx).await;
+    let returned_at = Instant::now();
+    let events = reader.await.expect("reader task");
+    let started_at = starter.await.expect("starter task");
+    assert_eq!(
+        containers_labelled(&job_label).await,
+        Vec::<String>::new(),
+        "the job's container must be removed when run returns ({result:?})"
+    );
+    Finished {
+        result,
+        events,
+        started_at,
+        returned_at,
+    }
+}
+
+async fn run(sandbox: &DockerSandbox, spec: SandboxSpec) -> Finished {
+    run_with(
+        sandbox,
+        spec,
+        CancellationToken::new(),
+        64,
+        Duration::ZERO,
+        |_| {},
+    )
+    .await
+}
+
+async fn run_command(command: &str) -> Finished {
+    let sandbox = sandbox().await;
+    run(&sandbox, spec(&unique("agent"), command)).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exit codes and output
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn exit_codes_zero_and_three() {
+    let sandbox = sandbox().await;
+    let agent = unique("agent");
+    let ok = run(&sandbox, spec(&agent, "true")).await;
+    assert_eq!(ok.outcome().exit_code, 0);
+    assert_eq!(ok.outcome().reason, EndReason::Exited);
+    assert_eq!(ok.outcome().container_id.len(), 64);
+
+    let three = run(&sandbox, spec(&agent, "exit 3")).await;
+    assert_eq!(three.outcome().exit_code, 3);
+    assert_eq!(three.outcome().reason, EndReason::Exited);
+    eprintln!(
+        "create->start latency: {:?} and {:?}",
+        ok.outcome().start_latency,
+        three.outcome().start_latency
+    );
+}
+
+#[tokio::test]
+async fn stdout_and_stderr_are_separate() {
+    let finished = run_command("echo to-out; echo to-err >&2; echo more-out").await;
+    assert_eq!(finished.outcome().exit_code, 0);
+    assert_eq!(finished.stdout(), "to-out\nmore-out\n");
+    assert_eq!(finished.stderr(), "to-err\n");
+}
+
+#[tokio::test]
+async fn first_line_is_never_lost() {
+    let sandbox = sandbox().await;
+    let agent = unique("agent");
+    // Attach-before-start is what makes this hold; a fast command is the worst case.
+    let runs = (0..6).map(|_| run(&sandbox, spec(&agent, "echo first")));
+    for finished in futures_util::future::join_all(runs).await {
+        assert_eq!(finished.outcome().exit_code, 0);
+        assert_eq!(finished.stdout(), "first\n");
+    }
+}
+
+#[tokio::test]
+async fn last_bytes_arrive_through_a_slow_small_channel() {
+    let sandbox = sandbox().await;
+    // 256 KiB through a channel of one slot with a slow reader: the command is throttled by
+    // backpressure, and everything up to the final marker (no newline) still arrives.
+    let command = "head -c 262144 /dev/zero | tr '\\0' a; printf END";
+    let finished = run_with(
+        &sandbox,
+        spec(&unique("agent"), command),
+        CancellationToken::new(),
+        1,
+        Duration::from_millis(2),
+        |_| {},
+    )
+    .await;
+    assert_eq!(finished.outcome().exit_code, 0);
+    let stdout = finished.stdout();
+    assert_eq!(stdout.len(), 262_144 + 3);
+    assert!(stdout.ends_with("aEND"));
+}
+
+#[tokio::test]
+async fn output_is_live_not_buffered_until_exit() {
+    let sandbox = sandbox().await;
+    let finished = run(
+        &sandbox,
+        spec(&unique("agent"), "echo early; sleep 2; echo late"),
+    )
+    .await;
+    assert_eq!(finished.outcome().exit_code, 0);
+    assert_eq!(finished.stdout(), "early\nlate\n");
+    let early = finished.arrival_of("early");
+    let late = finished.arrival_of("late");
+    // Event order, with the 2 s sleep between them: "early" reached us while the job was
+    // still sleeping, not when the job ended.
+    assert!(early < late);
+    assert!(
+        late.duration_since(early) >= Duration::from_secs(1),
+        "early and late arrived together: output was buffered"
+    );
+    assert!(finished.returned_at.duration_since(early) >= Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn output_is_live_handshake_through_a_read_only_bind_mount() {
+    let sandbox = sandbox().await;
+    let signal_dir = tempfile::tempdir().expect("temp dir");
+    let go_file = signal_dir.path().join("go");
+    // The job prints, then waits for a file the test creates only after it has seen the
+    // print. Buffered output would deadlock into the timeout.
+    let mut job = spec(
+        &unique("agent"),
+        "echo ready; while [ ! -e /signal/go ]; do sleep 0.05; done; \
+         touch /signal/x 2>/dev/null && echo writable || echo read-only",
+    );
+    job.timeout = Duration::from_secs(20);
+    job.mounts.push(BindMount {
+        source: signal_dir.path().to_path_buf(),
+        target: "/signal".to_owned(),
+        read_only: true,
+    });
+    let (output_tx, mut output_rx) = mpsc::channel(8);
+    let (started_tx, _started_rx) = oneshot::channel();
+    let running = sandbox.run(job, output_tx, CancellationToken::new(), started_tx);
+    let handshake = async {
+        let mut seen = String::new();
+        while let Some(chunk) = output_rx.recv().await {
+            if let OutputChunk::Stdout(bytes) = chunk {
+                seen.push_str(&String::from_utf8_lossy(&bytes));
+                if seen.contains("ready\n") && !go_file.exists() {
+                    tokio::fs::write(&go_file, b"")
+                        .await
+                        .expect("write go file");
+                }
+            }
+        }
+        seen
+    };
+    let (result, seen) = tokio::join!(running, handshake);
+    let outcome = result.expect("run");
+    assert_eq!(outcome.reason, EndReason::Exited, "output was not live");
+    assert_eq!(seen, "ready\nread-only\n");
+}
+
+#[tokio::test]
+async fn env_and_workdir() {
+    let sandbox = sandbox().await;
+    let mut job = spec(&unique("agent"), "echo \"$GREETING\"; pwd");
+    job.env
+        .insert("GREETING".to_owned(), "hello world; $(id)".to_owned());
+    let finished = run(&sandbox, job).await;
+    assert_eq!(finished.stdout(), "hello world; $(id)\n/work\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits: timeout, OOM, PIDs
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn timeout_kills_with_124_and_removes_the_container() {
+    let sandbox = sandbox().await;
+    let mut job = spec(&unique("agent"), "echo before; sleep 30");
+    job.timeout = Duration::from_secs(2);
+    let finished = run(&sandbox, job).await;
+    assert_eq!(finished.outcome().reason, EndReason::Timeout);
+    assert_eq!(finished.outcome().exit_code, 124);
+    assert_eq!(finished.stdout(), "before\n");
+    let started_at = finished.started_at.expect("the job started");
+    let took = finished.returned_at.duration_since(started_at);
+    assert!(
+        took >= Duration::from_secs(2),
+        "returned before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(15), "timeout took {took:?}");
+}
+
+#[tokio::test]
+async fn out_of_memory_is_reported_as_oom() {
+    let sandbox = sandbox().await;
+    // busybox tail keeps its whole input in memory when it has no newline; 64 MiB of zeros
+    // through a 16 MiB limit without swap must be OOM-killed.
+    let mut job = spec(&unique("agent"), "head -c 64m /dev/zero | tail");
+    job.memory_limit_bytes = 16 << 20;
+    let finished = run(&sandbox, job).await;
+    let outcome = finished.outcome();
+    assert_eq!(
+        outcome.reason,
+        EndReason::Oom,
+        "exit code {} without State.OOMKilled: the engine saw no OOM event; if the dockerd \
+         log says 'loading cgroup for <pid>: cannot find cgroup mount destination', a cgroup \
+         v1 hierarchy exists that is not mounted on the host (containerd then cannot watch \
+         memory.oom_control)",
+        outcome.exit_code
+    );
+    assert_eq!(outcome.exit_code, 137);
+}
+
+#[tokio::test]
+async fn fork_bomb_is_contained_by_the_pids_limit() {
+    let sandbox = sandbox().await;
+    let mut job = spec(&unique("agent"), "bomb() { bomb | bomb & }; bomb; sleep 30");
+    job.pids_limit = 32;
+    job.timeout = Duration::from_secs(5);
+    let finished = run(&sandbox, job).await;
+    let outcome = finished.outcome();
+    assert!(
+        matches!(outcome.reason, EndReason::Timeout | EndReason::Exited),
+        "{outcome:?}"
+    );
+    let took = finished
+        .returned_at
+        .duration_since(finished.started_at.expect("the job started"));
+    assert!(took < Duration::from_secs(30), "fork bomb ran for {took:?}");
+
+    // The host can still fork, and the engine still runs jobs.
+    let host = tokio::process::Command::new("true")
+        .status()
+        .await
+        .expect("the host can still start processes");
+    assert!(host.success());
+    let after = run(&sandbox, spec(&unique("agent"), "echo alive")).await;
+    assert_eq!(after.stdout(), "alive\n");
+}
+
+#[tokio::test]
+async fn pids_limit_is_enforced_inside() {
+    // 20 sleeping children fit under 32; 40 do not, and the shell says it cannot fork.
+    let sandbox = sandbox().await;
+    let mut job = spec(
+        &unique("agent"),
+        "i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done 2>&1; echo spawned",
+    );
+    job.pids_limit = 32;
+    job.timeout = Duration::from_secs(10);
+    let finished = run(&sandbox, job).await;
+    let all = format!("{}{}", finished.stdout(), finished.stderr());
+    assert!(
+        all.contains("can't fork") || all.contains("Resource temporarily unavailable"),
+        "40 processes under pids_limit 32 did not fail: {all:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Isolation
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn no_network_only_loopback() {
+    let finished = run_command(
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; \
+         wget -q -T 2 -O /dev/null http://1.1.1.1/ 2>/dev/null && echo reached || echo unreachable",
+    )
+    .await;
+    assert_eq!(finished.outcome().exit_code, 0);
+    assert_eq!(finished.stdout(), "lo\nunreachable\n");
+}
+
+#[tokio::test]
+async fn network_true_has_an_interface_beyond_loopback() {
+    // Proves the isolation test above can tell the difference.
+    let sandbox = sandbox().await;
+    let mut job = spec(
+        &unique("agent"),
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    );
+    job.network = true;
+    let finished = run(&sandbox, job).await;
+    let interfaces: Vec<String> = finished.stdout().lines().map(str::to_owned).collect();
+    assert!(interfaces.iter().any(|name| name == "lo"));
+    assert!(interfaces.iter().any(|name| name != "lo"), "{interfaces:?}");
+}
+
+#[tokio::test]
+async fn runs_as_nobody() {
+    let finished = run_command("id -u; id -g").await;
+    assert_eq!(finished.stdout(), "65534\n65534\n");
+}
+
+#[tokio::test]
+async fn root_is_read_only_while_tmp_and_workdir_are_writable() {
+    // The copies keep busybox's name: it picks the applet from argv[0].
+    let finished = run_command(
+        "touch /x 2>/dev/null && echo root-writable || echo root-read-only; \
+         touch /bin/x 2>/dev/null && echo bin-writable || echo bin-read-only; \
+         touch /tmp/x && echo tmp-writable; \
+         touch /work/x && echo work-writable; \
+         mkdir /tmp/b /work/b; cp /bin/busybox /tmp/b/ && cp /bin/busybox /work/b/ || echo copy-failed; \
+         /tmp/b/busybox true 2>/dev/null && echo tmp-exec || echo tmp-noexec; \
+         /work/b/busybox true && echo work-exec || echo work-noexec; \
+         head -c 20m /dev/zero > /tmp/big 2>/dev/null && echo tmp-unbounded || echo tmp-bounded",
+    )
+    .await;
+    assert_eq!(
+        finished.stdout(),
+        "root-read-only\nbin-read-only\ntmp-writable\nwork-writable\n\
+         tmp-noexec\nwork-exec\ntmp-bounded\n"
+    );
+}
+
+#[tokio::test]
+async fn no_capabilities_no_new_privs_and_seccomp() {
+    let finished = run_command(
+        "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
+    )
+    .await;
+    let status: HashMap<String, String> = finished
+        .stdout()
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(key, value)| (key.to_owned(), value.trim().to_owned()))
+        .collect();
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            status.get(cap).map(String::as_str),
+            Some("0000000000000000"),
+            "{cap}"
+        );
+    }
+    assert_eq!(status.get("NoNewPrivs").map(String::as_str), Some("1"));
+    // 2 = seccomp filter mode: the engine's default profile is in force.
+    assert_eq!(status.get("Seccomp").map(String::as_str), Some("2"));
+}
+
+#[tokio::test]
+async fn engine_applied_the_host_config() {
+    // What the engine actually recorded for a running job, not what we think we sent.
+    let sandbox = sandbox().await;
+    let agent = unique("agent");
+    let mut job = spec(&agent, "sleep 30");
+    job.cpu_limit = 0.5;
+    job.pids_limit = 48;
+    job.memory_limit_bytes = 96 << 20;
+    let job_id = job.job_id.clone();
+    let cancel = CancellationToken::new();
+    let (inspected_tx, inspected_rx) = oneshot::channel();
+    let cancel_after_inspect = cancel.clone();
+    let finished = run_with(
+        &sandbox,
+        job,
+        cancel.clone(),
+        8,
+        Duration::ZERO,
+        move |container_id| {
+            tokio::spawn(async move {
+                let inspected = raw_docker()
+                    .await
+                    .inspect_container(&container_id, None)
+                    .await;
+                let _ = inspected_tx.send(inspected);
+                cancel_after_inspect.cancel();
+            });
+        },
+    )
+    .await;
+    assert_eq!(finished.outcome().reason, EndReason::Cancelled);
+    let inspected = inspected_rx
+        .await
+        .expect("inspection ran")
+        .expect("inspect container");
+    let config = inspected.config.expect("config");
+    assert_eq!(config.user.as_deref(), Some(NOBODY));
+    assert_eq!(config.working_dir.as_deref(), Some("/work"));
+    assert_eq!(config.tty, Some(false));
+    assert_eq!(config.open_stdin, Some(false));
+    let labels = config.labels.unwrap_or_default();
+    assert_eq!(labels.get(LABEL_AGENT), Some(&agent));
+    assert_eq!(labels.get(LABEL_JOB), Some(&job_id));
+    assert_eq!(labels.get(LABEL_MANAGED).map(String::as_str), Some("true"));
+    let name = inspected.name.unwrap_or_default();
+    assert!(name.starts_with("/quickcmd-job-"), "{name}");
+
+    let host = inspected.host_config.expect("host config");
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert!(host.cap_add.unwrap_or_default().is_empty());
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges:true".to_owned()])
+    );
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.privileged, Some(false));
+    assert_eq!(host.auto_remove, Some(false));
+    assert_eq!(host.init, Some(false));
+    assert!(host.devices.unwrap_or_default().is_empty());
+    assert_eq!(host.memory, Some(96 << 20));
+    assert_eq!(host.memory_swap, Some(96 << 20));
+    assert_eq!(host.nano_cpus, Some(500_000_000));
+    assert_eq!(host.pids_limit, Some(48));
+    let tmpfs = host.tmpfs.unwrap_or_default();
+    assert_eq!(
+        tmpfs.get("/tmp").map(String::as_str),
+        Some("rw,noexec,nosuid,nodev,size=16777216,mode=1777")
+    );
+    assert_eq!(
+        tmpfs.get("/work").map(String::as_str),
+        Some("rw,exec,nosuid,nodev,size=16777216,mode=1777")
+    );
+    assert_eq!(
+        host.log_config.and_then(|log| log.typ).as_deref(),
+        Some("none")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancel, errors, cleanup
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cancel_kills_fast() {
+    let sandbox = sandbox().await;
+    let cancel = CancellationToken::new();
+    let canceller = cancel.clone();
+    let finished = run_with(
+        &sandbox,
+        spec(&unique("agent"), "sleep 60"),
+        cancel,
+        8,
+        Duration::ZERO,
+        move |_| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                canceller.cancel();
+            });
+        },
+    )
+    .await;
+    assert_eq!(finished.outcome().reason, EndReason::Cancelled);
+    assert_eq!(finished.outcome().exit_code, 137);
+    let took = finished
+        .returned_at
+        .duration_since(finished.started_at.expect("the job started"));
+    assert!(took < Duration::from_secs(10), "cancel took {took:?}");
+}
+
+#[tokio::test]
+async fn cancel_before_start_never_starts() {
+    let sandbox = sandbox().await;
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let finished = run_with(
+        &sandbox,
+        spec(&unique("agent"), "echo should-not-run"),
+        cancel,
+        8,
+        Duration::ZERO,
+        |_| {},
+    )
+    .await;
+    assert_eq!(finished.outcome().reason, EndReason::Cancelled);
+    assert!(finished.started_at.is_none(), "started was sent");
+    assert_eq!(finished.stdout(), "");
+}
+
+#[tokio::test]
+async fn missing_image_is_image_unavailable_with_the_engine_message() {
+    let sandbox = sandbox().await;
+    let mut job = spec(&unique("agent"), "true");
+    job.image = format!("{}:nope", unique("quickcmd-missing-image"));
+    let finished = run(&sandbox, job.clone()).await;
+    match finished.result {
+        Err(SandboxError::ImageUnavailable { image, message }) => {
+            eprintln!("engine said: {message}");
+            assert_eq!(image, job.image);
+            assert!(!message.is_empty());
+            assert!(
+                !message.contains("DockerResponseServerError")
+                    && !message.contains("DockerStreamError"),
+                "not the engine's text: {message}"
+            );
+        }
+        other => panic!("expected ImageUnavailable, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn start_failure_is_an_engine_error_and_the_container_is_removed() {
+    let sandbox = sandbox().await;
+    let mut job = spec(&unique("agent"), "true");
+    job.user = "no-such-user".to_owned();
+    // run_with asserts the container is gone afterwards.
+    let finished = run(&sandbox, job).await;
+    match finished.result {
+        Err(SandboxError::Engine {
+            action, message, ..
+        }) => {
+            assert_eq!(action, "start container");
+            assert!(message.contains("no-such-user"), "{message}");
+        }
+        other => panic!("expected an engine error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn invalid_spec_is_refused_before_the_engine_sees_it() {
+    let sandbox = sandbox().await;
+    let mut job = spec(&unique("agent"), "true");
+    job.pids_limit = 0;
+    let finished = run(&sandbox, job).await;
+    assert!(
+        matches!(finished.result, Err(SandboxError::InvalidSpec { .. })),
+        "{:?}",
+        finished.result.map(|_| ())
+    );
+}
+
+#[tokio::test]
+async fn dropped_run_future_still_removes_the_container() {
+    let sandbox = sandbox().await;
+    let job = spec(&unique("agent"), "sleep 60");
+    let job_label = format!("{LABEL_JOB}={}", job.job_id);
+    let (output_tx, _output_rx) = mpsc::channel(8);
+    let (started_tx, started_rx) = oneshot::channel();
+    let running = tokio::spawn({
+        let sandbox = sandbox.clone();
+        async move {
+            sandbox
+                .run(job, output_tx, CancellationToken::new(), started_tx)
+                .await
+        }
+    });
+    started_rx.await.expect("the job started");
+    assert_eq!(containers_labelled(&job_label).await.len(), 1);
+    running.abort();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !containers_labelled(&job_label).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the container outlived its aborted run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn remove_agent_containers_removes_only_that_agents_leftovers() {
+    let sandbox = sandbox().await;
+    let docker = raw_docker().await;
+    let agent = unique("agent");
+    let other_agent = unique("agent");
+
+    let leftover = |agent_id: &str, command: &str| {
+        let labels = HashMap::from([
+            (LABEL_AGENT.to_owned(), agent_id.to_owned()),
+            (LABEL_JOB.to_owned(), unique("job")),
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+        ]);
+        ContainerCreateBody {
+            image: Some(IMAGE.to_owned()),
+            cmd: Some(vec!["sh".into(), "-c".into(), command.to_owned()]),
+            labels: Some(labels),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("none".to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    };
+    let mut mine = Vec::new();
+    for command in ["true", "sleep 60"] {
+        let name = unique("quickcmd-leftover");
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                leftover(&agent, command),
+            )
+            .await
+            .expect("create leftover");
+        mine.push(created.id);
+    }
+    docker
+        .start_container(&mine[1], None)
+        .await
+        .expect("start the running leftover");
+    let other = docker
+        .create_container(
+            Some(
+                CreateContainerOptionsBuilder::new()
+                    .name(&unique("quickcmd-other"))
+                    .build(),
+            ),
+            leftover(&other_agent, "true"),
+        )
+        .await
+        .expect("create other agent's container")
+        .id;
+
+    let removed = sandbox
+        .remove_agent_containers(&agent)
+        .await
+        .expect("remove leftovers");
+    assert_eq!(removed, 2);
+    assert!(containers_labelled(&format!("{LABEL_AGENT}={agent}"))
+        .await
+        .is_empty());
+    let others = containers_labelled(&format!("{LABEL_AGENT}={other_agent}")).await;
+    assert_eq!(
+        others,
+        vec![other.clone()],
+        "another agent's container was touched"
+    );
+    assert_eq!(
+        sandbox
+            .remove_agent_containers(&agent)
+            .await
+            .expect("second cleanup"),
+        0
+    );
+
+    docker
+        .remove_container(
+            &other,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await
+        .expect("clean up the other agent's container");
+}
+
+#[tokio::test]
+async fn connect_accepts_explicit_hosts_and_rejects_unknown_schemes() {
+    let explicit = DockerSandbox::connect(Some("unix:///var/run/docker.sock")).await;
+    let explicit = match explicit {
+        Ok(sandbox) => sandbox,
+        Err(err) => no_engine("connect unix:///var/run/docker.sock", &err),
+    };
+    explicit.ping().await.expect("ping");
+    let engine_api = raw_docker()
+        .await
+        .version()
+        .await
+        .expect("engine version")
+        .api_version
+        .expect("engine api version");
+    // bollard speaks a newer API than most engines; the handshake must come down to the
+    // engine's (1.41 on Engine 20.10) or every call with new fields is refused.
+    assert_eq!(explicit.api_version(), engine_api, "version not negotiated");
+
+    assert!(matches!(
+        DockerSandbox::connect(Some("ftp://example.invalid")).await,
+        Err(SandboxError::UnsupportedDockerHost { .. })
+    ));
+    assert!(matches!(
+        DockerSandbox::connect(Some("unix:///nonexistent/docker.sock")).await,
+        Err(SandboxError::Connect { .. })
+    ));
+}
