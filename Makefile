@@ -1,0 +1,70 @@
+# QuickCMD — every entry point an operator or CI uses. `make demo` runs the product,
+# `make test` runs every test; both start what they need (Docker, the sandbox image).
+
+CARGO ?= cargo
+SANDBOX_IMAGE ?= quickcmd-sandbox:latest
+
+.PHONY: all toolchain build-agent build test test-unit demo dev-agent install deb test-install bench lint fmt clean
+
+all: build
+
+toolchain:
+	@bash scripts/ensure-toolchain.sh
+
+# The seed copies the agent from bin/quickcmd-agent.
+build-agent: toolchain
+	$(CARGO) build --release --locked -p quickcmd-agent
+	@mkdir -p bin
+	install -m 0755 target/release/quickcmd-agent bin/quickcmd-agent
+
+build: build-agent
+	$(CARGO) build --release --locked -p quickcmd
+	install -m 0755 target/release/quickcmd bin/quickcmd
+
+# Every test: unit, integration (real agent processes, real TLS, real SQLite, real Docker).
+test: toolchain
+	bash scripts/ensure-docker.sh
+	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
+	$(CARGO) build --locked --workspace --bins
+	$(CARGO) test --locked --workspace --no-fail-fast
+
+demo: build
+	bash scripts/ensure-docker.sh
+	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
+	bash scripts/demo.sh
+
+dev-agent: build
+	bash scripts/ensure-docker.sh
+	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
+	bash scripts/dev-agent.sh
+
+# The seed's Quick Install: build, then scripts/setup-agent.sh (needs root: sudo make install).
+install: build-agent
+	./scripts/setup-agent.sh
+
+# Debian package in target/debian/ (cargo-deb from crates.io, installed when missing).
+deb: build-agent
+	@$(CARGO) deb --version >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked
+	$(CARGO) deb -p quickcmd-agent --no-build --output target/debian/
+
+# The install life cycle on a real systemd in containers (root, Docker): tests/install/run.sh.
+test-install: build deb
+	bash scripts/ensure-docker.sh
+	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
+	bash tests/install/run.sh
+
+bench: build
+	bash scripts/ensure-docker.sh
+	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
+	bash scripts/bench.sh
+
+lint: toolchain
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf bin .dev .demo
