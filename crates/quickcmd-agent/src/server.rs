@@ -37,7 +37,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir.join("agent.db"))
+    let store = Store::open(config.data_dir.join("agent.db"))
         .with_context(|| format!("cannot open the job store in {}", config.data_dir.display()))?;
     let audit = AuditLog::open(&config.audit_db_path).with_context(|| {
         format!(

@@ -171,6 +171,10 @@ pub struct StoredFrame {
 
 /// What `insert_job` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per submission and matched at once; boxing would only cost callers a deref"
+)]
 pub enum InsertOutcome {
     Inserted,
     /// A job with this id was already stored; it is returned unchanged. Whether the new
