@@ -5,7 +5,7 @@ fn config(extra: &str) -> AgentConfig {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("c.yaml");
     let text = format!(
-        "bind_address: \"127.0.0.1\"\ninsecure_plain_http: true\nhmac_secret: \"{}\"\nallowed_controllers: [\"c1\"]\nallowed_images: [\"img:1\", \"img:2\"]\nmax_timeout_seconds: 60\nmounts:\n  - {{name: logs, source: /var/log, target: /logs}}\ncontrollers:\n  - id: net\n    scopes: [\"sandbox:network\", \"mount:logs\", \"deploy\"]\n{extra}",
+        "bind_address: \"127.0.0.1\"\ninsecure_plain_http: true\nhmac_secret: \"{}\"\nallowed_controllers: [\"c1\"]\nallowed_images: [\"img:1\", \"img:2\"]\nmax_timeout_seconds: 60\ndefault_timeout_seconds: 30\nmounts:\n  - {{name: logs, source: /var/log, target: /logs}}\ncontrollers:\n  - id: net\n    scopes: [\"sandbox:network\", \"mount:logs\", \"deploy\"]\n{extra}",
         "k".repeat(32)
     );
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
