@@ -19,6 +19,9 @@ die() {
     exit 1
 }
 
+# Any step that fails without its own message still says where it stopped.
+trap 'say "failed at line $LINENO: $BASH_COMMAND"' ERR
+
 engine_answers() { docker version --format '{{.Server.APIVersion}}' >/dev/null 2>&1; }
 
 command -v docker >/dev/null 2>&1 || "$SCRIPT_DIR/ensure-docker.sh" ||

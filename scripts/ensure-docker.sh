@@ -25,6 +25,32 @@ if ! command -v curl >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 fi
 
+# On cgroup v1, a hierarchy that exists in the kernel but is mounted nowhere on the host
+# (a systemd-in-container test can create one) makes containerd lose track of containers:
+# OOM kills then go unreported. Mount every such hierarchy where Docker expects it.
+mount_missing_cgroup_hierarchies() {
+    [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = "tmpfs" ] || return 0
+    [ "$(id -u)" -eq 0 ] || return 0
+    local line controllers dir remounted=""
+    while IFS= read -r line; do
+        controllers=${line#*:}; controllers=${controllers%%:*}
+        case "$controllers" in ""|name=*) continue ;; esac
+        dir=/sys/fs/cgroup/$controllers
+        mountpoint -q "$dir" 2>/dev/null && continue
+        if [ -z "$remounted" ] && ! touch /sys/fs/cgroup/.qc-probe 2>/dev/null; then
+            mount -o remount,rw /sys/fs/cgroup 2>/dev/null && remounted=yes
+        fi
+        rm -f /sys/fs/cgroup/.qc-probe
+        if mkdir -p "$dir" 2>/dev/null && mount -t cgroup -o "$controllers" cgroup "$dir" 2>/dev/null; then
+            say "mounted cgroup hierarchy $controllers at $dir (it was mounted nowhere)"
+        else
+            say "warning: cgroup hierarchy $controllers is mounted nowhere and could not be mounted; OOM kills may go unreported"
+        fi
+    done < /proc/self/cgroup
+    if [ -n "$remounted" ]; then mount -o remount,ro /sys/fs/cgroup 2>/dev/null || true; fi
+}
+mount_missing_cgroup_hierarchies
+
 if engine_answers; then
     say "docker engine answers on $SOCK"
     exit 0

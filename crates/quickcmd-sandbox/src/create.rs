@@ -59,7 +59,10 @@ pub(crate) fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
         // the unprivileged user write to it.
         (
             spec.workdir.clone(),
-            format!("rw,exec,nosuid,nodev,size={},mode=1777", spec.workdir_size_bytes),
+            format!(
+                "rw,exec,nosuid,nodev,size={},mode=1777",
+                spec.workdir_size_bytes
+            ),
         ),
     ]);
     let mounts: Vec<Mount> = spec
