@@ -290,7 +290,7 @@ async fn purge_loop(agent: Arc<Agent>) {
         timer.tick().await;
         let days = i64::from(agent.config().job_retention_days);
         let now = clock::now_ms();
-        match agent.store.purge(now - days * 86_400_000, now / 1000).await {
+        match agent.store.purge(now - days * 86_400_000, now).await {
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "purged old jobs and logs"),
             Err(error) => tracing::error!(%error, "purge failed"),

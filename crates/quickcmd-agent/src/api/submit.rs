@@ -318,7 +318,7 @@ fn internal(error: impl std::fmt::Display) -> ApiError {
 }
 
 /// The same job id again: the same signed bytes and signature are a retry (202 with the
-/// current status; a rejected job is refused again the same way); anything else is 409.
+/// current status, `rejected` included); anything else is 409.
 async fn resubmission(
     agent: &Arc<Agent>,
     attempt: &Attempt,
@@ -338,19 +338,6 @@ async fn resubmission(
         ));
     }
     let status: JobStatus = existing.status.into();
-    if status == JobStatus::Rejected {
-        let code = existing
-            .reason
-            .as_deref()
-            .and_then(|r| ErrorCode::parse(&r.to_ascii_uppercase()))
-            .unwrap_or(ErrorCode::InsufficientScopes);
-        return Err(ApiError::new(
-            code,
-            existing
-                .error
-                .unwrap_or_else(|| "job was rejected".to_string()),
-        ));
-    }
     let details = serde_json::json!({ "resubmission": true });
     if let Err(error) = agent
         .audit

@@ -409,15 +409,10 @@ impl Validator<'_> {
         if raw.max_output_bytes < 1024 {
             return Err(self.invalid("max_output_bytes", "must be at least 1024"));
         }
-        if raw.sandbox_user.is_empty()
-            || raw.sandbox_user == "0"
-            || raw.sandbox_user.starts_with("0:")
-            || raw.sandbox_user == "root"
-        {
-            return Err(self.invalid(
-                "sandbox_user",
-                "must name a non-root user, e.g. \"65534:65534\"",
-            ));
+        let uid_part = raw.sandbox_user.split(':').next().unwrap_or("");
+        let gid_part = raw.sandbox_user.split(':').nth(1).unwrap_or("");
+        if uid_part.is_empty() || ["0", "root"].contains(&uid_part) || ["0", "root"].contains(&gid_part) {
+            return Err(self.invalid("sandbox_user", "must name a non-root user and group, e.g. \"65534:65534\""));
         }
         let mut mounts = Vec::new();
         for (index, mount) in raw.mounts.iter().enumerate() {
