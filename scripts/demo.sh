@@ -23,7 +23,7 @@ echo "hello from the sandbox: $(uname -sr), uid $(id -u)"
 for step in 1 2 3; do echo "step $step of 3"; sleep 1; done
 echo "this line goes to stderr" >&2
 ls / | head -n 5
-(wget -q -T 2 -O /dev/null http://1.1.1.1 && echo "network: reachable") || echo "network: none (as it should be)"
+echo "network interfaces: $(ls /sys/class/net | tr "\n" " ")(loopback only)"
 touch /etc/x 2>/dev/null || echo "root filesystem: read-only"
 exit 3'
 code=$?

@@ -1,0 +1,218 @@
+//! `agent gen-key`, `agent gen-cert`, `health`, `history` and `man`.
+
+use anyhow::anyhow;
+use futures_util::stream::{self, StreamExt};
+use serde_json::json;
+
+use super::{failed, usage, AgentCommand, Cli, CliResult, Context, TargetArgs};
+use crate::history::{History, HistoryFilter};
+use crate::output::{format_duration_ms, table, truncate};
+use crate::secret::generate_key;
+use crate::tls::{generate_cert, write_cert_files};
+
+pub(super) fn agent(command: AgentCommand) -> CliResult {
+    match command {
+        AgentCommand::GenKey => {
+            println!("{}", generate_key());
+            Ok(0)
+        }
+        AgentCommand::GenCert {
+            hosts,
+            out,
+            days,
+            force,
+        } => {
+            if days == 0 {
+                return Err(usage(anyhow!("--days must be at least 1")));
+            }
+            let generated = generate_cert(&hosts, days).map_err(usage)?;
+            let (cert, key) = write_cert_files(&out, &generated, force).map_err(failed)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+            println!(
+                "agent config: tls_cert_file: {}  tls_key_file: {}",
+                cert.display(),
+                key.display()
+            );
+            println!(
+                "controller: pin it with --ca-cert {} (or ca_cert: in controller.yaml)",
+                cert.display()
+            );
+            Ok(0)
+        }
+    }
+}
+
+pub(super) fn man() -> CliResult {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut out)
+        .map_err(|e| failed(anyhow!("cannot write the man page: {e}")))?;
+    Ok(0)
+}
+
+pub(super) fn health(context: Context, targets: TargetArgs) -> CliResult {
+    let clients = context.clients(&targets.selection())?;
+    let answers = context.runtime.block_on(
+        stream::iter(clients.iter().cloned().map(|client| async move {
+            let answer = client.health().await;
+            (client, answer)
+        }))
+        .buffered(50)
+        .collect::<Vec<_>>(),
+    );
+    let mut rows = Vec::new();
+    let mut all_healthy = true;
+    for (client, answer) in &answers {
+        match answer {
+            Ok(report) => {
+                let healthy = report.http_status == 200 && report.health.status == "healthy";
+                all_healthy &= healthy;
+                if context.json() {
+                    println!(
+                        "{}",
+                        json!({
+                            "agent": client.name(),
+                            "url": client.url().as_str(),
+                            "healthy": healthy,
+                            "health": report.health,
+                            "round_trip_ms": report.round_trip.as_secs_f64() * 1000.0,
+                        })
+                    );
+                }
+                let checks = report
+                    .health
+                    .checks
+                    .as_ref()
+                    .map(|checks| {
+                        checks
+                            .iter()
+                            .map(|(k, v)| format!("{k}: {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                rows.push(vec![
+                    client.name().to_string(),
+                    report.health.status.clone(),
+                    report.health.version.clone().unwrap_or_else(|| "-".into()),
+                    report.health.agent_id.clone().unwrap_or_else(|| "-".into()),
+                    report
+                        .health
+                        .running_jobs
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    format!("{:.1}ms", report.round_trip.as_secs_f64() * 1000.0),
+                    checks,
+                ]);
+            }
+            Err(error) => {
+                all_healthy = false;
+                if context.json() {
+                    println!(
+                        "{}",
+                        json!({
+                            "agent": client.name(),
+                            "url": client.url().as_str(),
+                            "healthy": false,
+                            "error": error.to_string(),
+                        })
+                    );
+                }
+                rows.push(vec![
+                    client.name().to_string(),
+                    "unreachable".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    truncate(&error.to_string(), 120),
+                ]);
+            }
+        }
+    }
+    if !context.json() {
+        print!(
+            "{}",
+            table(
+                &["HOST", "STATUS", "VERSION", "AGENT ID", "RUNNING", "RTT", "DETAILS"],
+                &rows,
+                None
+            )
+        );
+    }
+    Ok(if all_healthy { 0 } else { 1 })
+}
+
+pub(super) fn history(
+    context: &Context,
+    limit: u32,
+    agent: Option<String>,
+    status: Option<String>,
+    job_id: Option<String>,
+) -> CliResult {
+    let path = context.history_path()?;
+    let rows = context.runtime.block_on(async {
+        let history = History::open(&path).await.map_err(failed)?;
+        history
+            .query(HistoryFilter {
+                limit,
+                agent,
+                status,
+                job_id,
+            })
+            .await
+            .map_err(failed)
+    })?;
+    if context.json() {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row).unwrap_or_default());
+        }
+        return Ok(0);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            vec![
+                short_time(&row.submitted_at),
+                row.agent.clone(),
+                row.job_id.clone(),
+                row.user.clone(),
+                row.status.clone(),
+                row.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                row.duration_ms
+                    .map(format_duration_ms)
+                    .unwrap_or_else(|| "-".into()),
+                truncate(&row.command, 60),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "SUBMITTED (UTC)",
+                "AGENT",
+                "JOB",
+                "USER",
+                "STATUS",
+                "EXIT",
+                "DURATION",
+                "COMMAND"
+            ],
+            &cells,
+            None
+        )
+    );
+    Ok(0)
+}
+
+/// `2026-01-02T03:04:05.123456Z` as `2026-01-02 03:04:05` (UTC), for tables.
+fn short_time(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..19)) {
+        (Some(date), Some(time)) => format!("{date} {time}"),
+        _ => rfc3339.to_string(),
+    }
+}

@@ -1,0 +1,334 @@
+//! `quickcmd run` and `quickcmd submit`: sign per target, submit, follow, report; Ctrl-C
+//! cancels every job we started.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use quickcmd_protocol::SandboxRequest;
+
+use super::{failed, usage, CliResult, Context, JobArgs, RunArgs, SubmitArgs, EXIT_INTERRUPTED};
+use crate::client::Client;
+use crate::fanout::{
+    cancel_started, run_all, HostReport, HostStatus, MaxErrors, RunEvent, RunOptions, StartedJobs,
+};
+use crate::history::History;
+use crate::job::JobSpec;
+use crate::output::{spawn_printer, PrinterConfig};
+
+/// How long Ctrl-C waits for the agents to take the cancels.
+const CANCEL_LIMIT: Duration = Duration::from_secs(10);
+
+pub(super) fn run(context: Context, args: RunArgs) -> CliResult {
+    let spec = job_spec(&args.job)?;
+    let wait_limit = Duration::from_secs(
+        args.wait_timeout
+            .unwrap_or_else(|| args.job.ttl + args.job.timeout.unwrap_or(24 * 3600) + 120),
+    );
+    let options = RunOptions {
+        max_concurrency: args.max_concurrency as usize,
+        max_errors: args.max_errors,
+        stream: !args.no_stream,
+        wait_limit: Some(wait_limit),
+        submit_only: false,
+    };
+    let clients = context.clients(&args.targets.selection())?;
+    fan_out(&context, clients, spec, options)
+}
+
+pub(super) fn submit(context: Context, args: SubmitArgs) -> CliResult {
+    let spec = job_spec(&args.job)?;
+    let options = RunOptions {
+        max_concurrency: args.max_concurrency as usize,
+        max_errors: MaxErrors::Percent(100),
+        stream: false,
+        wait_limit: None,
+        submit_only: true,
+    };
+    let clients = context.clients(&args.targets.selection())?;
+    fan_out(&context, clients, spec, options)
+}
+
+/// Builds the job from the command line.
+pub(super) fn job_spec(args: &JobArgs) -> Result<JobSpec, super::Failure> {
+    let command = args.command.join(" ");
+    if command.trim().is_empty() {
+        return Err(usage(anyhow!("the command after `--` is empty")));
+    }
+    let mut env = BTreeMap::new();
+    for pair in &args.env {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                env.insert(key.to_string(), value.to_string());
+            }
+            _ => return Err(usage(anyhow!("--env `{pair}` must look like KEY=VALUE"))),
+        }
+    }
+    if args.ttl == 0 {
+        return Err(usage(anyhow!("--ttl must be at least 1 second")));
+    }
+    if args.timeout == Some(0) {
+        return Err(usage(anyhow!("--timeout must be at least 1 second")));
+    }
+    if args.cpu_limit.is_some_and(|c| !c.is_finite() || c <= 0.0) {
+        return Err(usage(anyhow!(
+            "--cpu-limit must be a positive number of cores"
+        )));
+    }
+    if args.memory_limit.is_some_and(|m| m <= 0) {
+        return Err(usage(anyhow!(
+            "--memory-limit must be a positive number of bytes"
+        )));
+    }
+    let sandbox = SandboxRequest {
+        image: args.image.clone(),
+        timeout_seconds: args.timeout,
+        cpu_limit: args.cpu_limit,
+        memory_limit: args.memory_limit,
+        network: args.network.then_some(true),
+        mounts: (!args.mounts.is_empty()).then(|| args.mounts.clone()),
+        env: (!env.is_empty()).then_some(env),
+        workdir: args.workdir.clone(),
+    };
+    Ok(JobSpec {
+        command,
+        prompt: args.prompt.clone(),
+        required_scopes: args.scopes.clone(),
+        sandbox: (sandbox != SandboxRequest::default()).then_some(sandbox),
+        ttl: Duration::from_secs(args.ttl),
+    })
+}
+
+fn fan_out(
+    context: &Context,
+    clients: Vec<Client>,
+    spec: JobSpec,
+    options: RunOptions,
+) -> CliResult {
+    let history_path = context.history_path()?;
+    let format = context.global.output;
+    let single = clients.len() == 1;
+    let hosts: Vec<String> = clients.iter().map(|c| c.name().to_string()).collect();
+    context.runtime.block_on(async {
+        let history = History::open(&history_path).await.map_err(failed)?;
+        let (events, printer) = spawn_printer(PrinterConfig::for_terminal(hosts, format))
+            .map_err(|e| failed(anyhow!("cannot start the output thread: {e}")))?;
+        let started = StartedJobs::default();
+        let mut running = Box::pin(run_all(
+            &clients,
+            &spec,
+            &options,
+            Some(history.clone()),
+            events.clone(),
+            started.clone(),
+        ));
+        let outcome = tokio::select! {
+            reports = &mut running => Some(reports),
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        // Dropping the run aborts every host task.
+        drop(running);
+        let interrupted = outcome.is_none();
+        if interrupted {
+            interrupt(&clients, &started, &history, &events).await;
+        }
+        drop(events);
+        let reports = tokio::task::spawn_blocking(move || printer.join())
+            .await
+            .map_err(|e| failed(anyhow!("output thread failed: {e}")))?
+            .map_err(|_| failed(anyhow!("output thread panicked")))?;
+        if interrupted {
+            return Ok(EXIT_INTERRUPTED);
+        }
+        Ok(exit_code(single, &reports))
+    })
+}
+
+/// The exit code of a finished run.
+pub(super) fn exit_code(single: bool, reports: &[HostReport]) -> u8 {
+    if single {
+        reports
+            .first()
+            .map(HostReport::single_host_exit_code)
+            .unwrap_or(1)
+    } else if !reports.is_empty() && reports.iter().all(HostReport::succeeded) {
+        0
+    } else {
+        1
+    }
+}
+
+/// Ctrl-C: cancel every job we started, say which, and let a second Ctrl-C leave at once.
+async fn interrupt(
+    clients: &[Client],
+    started: &StartedJobs,
+    history: &History,
+    events: &tokio::sync::mpsc::Sender<RunEvent>,
+) {
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("quickcmd: interrupted again; leaving without waiting for the cancels");
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    });
+    let open = started.open();
+    let _ = events
+        .send(RunEvent::Message {
+            message: format!(
+                "interrupted; cancelling {} job(s) this run started",
+                open.len()
+            ),
+        })
+        .await;
+    for (job, outcome) in cancel_started(clients, started, Some(history), CANCEL_LIMIT).await {
+        let Some(client) = clients.get(job.host) else {
+            continue;
+        };
+        let (message, error) = match &outcome {
+            Ok(()) => (format!("cancelled job {}", job.job_id), None),
+            Err(error) => (
+                format!("could not cancel job {}: {error}", job.job_id),
+                Some(error.to_string()),
+            ),
+        };
+        let _ = events
+            .send(RunEvent::Notice {
+                host: job.host,
+                message,
+            })
+            .await;
+        let report = HostReport {
+            agent: client.name().to_string(),
+            url: client.url().to_string(),
+            job_id: Some(job.job_id.clone()),
+            status: HostStatus::Cancelled,
+            exit_code: None,
+            duration_ms: None,
+            reason: Some("interrupted".into()),
+            error,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stream_reconnects: 0,
+        };
+        let _ = events
+            .send(RunEvent::Finished {
+                host: job.host,
+                report,
+            })
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn job_args(extra: &[&str]) -> JobArgs {
+        let mut argv = vec!["quickcmd", "run", "--agent", "a"];
+        argv.extend_from_slice(extra);
+        match super::super::Cli::try_parse_from(argv)
+            .expect("parses")
+            .command
+        {
+            super::super::Command::Run(args) => args.job,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn spec_from_arguments() {
+        let spec = job_spec(&job_args(&[
+            "--image",
+            "img",
+            "--timeout",
+            "5",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--network",
+            "--mount",
+            "data",
+            "--scope",
+            "s1",
+            "--",
+            "echo",
+            "a b",
+        ]))
+        .expect("spec");
+        assert_eq!(spec.command, "echo a b");
+        assert_eq!(spec.required_scopes, vec!["s1"]);
+        let sandbox = spec.sandbox.expect("sandbox");
+        assert_eq!(sandbox.image.as_deref(), Some("img"));
+        assert_eq!(sandbox.timeout_seconds, Some(5));
+        assert_eq!(sandbox.network, Some(true));
+        assert_eq!(sandbox.mounts, Some(vec!["data".to_string()]));
+        let env = sandbox.env.expect("env");
+        assert_eq!(env.get("B").map(String::as_str), Some("x=y"));
+
+        let plain = job_spec(&job_args(&["--", "true"])).expect("spec");
+        assert_eq!(plain.sandbox, None);
+        assert!(job_spec(&job_args(&["--env", "novalue", "--", "true"])).is_err());
+        assert!(job_spec(&job_args(&["--ttl", "0", "--", "true"])).is_err());
+    }
+
+    #[test]
+    fn exit_codes() {
+        let report = |status, exit_code| HostReport {
+            agent: "a".into(),
+            url: "https://a:1/".into(),
+            job_id: None,
+            status,
+            exit_code,
+            duration_ms: None,
+            reason: None,
+            error: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stream_reconnects: 0,
+        };
+        assert_eq!(
+            exit_code(true, &[report(HostStatus::Completed, Some(0))]),
+            0
+        );
+        assert_eq!(
+            exit_code(true, &[report(HostStatus::Completed, Some(3))]),
+            3
+        );
+        assert_eq!(
+            exit_code(true, &[report(HostStatus::Failed, Some(124))]),
+            124
+        );
+        assert_eq!(exit_code(true, &[report(HostStatus::Failed, None)]), 1);
+        assert_eq!(
+            exit_code(true, &[report(HostStatus::Completed, Some(300))]),
+            1
+        );
+        assert_eq!(exit_code(true, &[report(HostStatus::Unreachable, None)]), 1);
+        assert_eq!(
+            exit_code(
+                false,
+                &[
+                    report(HostStatus::Completed, Some(0)),
+                    report(HostStatus::Completed, Some(0))
+                ]
+            ),
+            0
+        );
+        assert_eq!(
+            exit_code(
+                false,
+                &[
+                    report(HostStatus::Completed, Some(0)),
+                    report(HostStatus::Unreachable, None)
+                ]
+            ),
+            1
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! `quickcmd`: the controller command line. Everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    quickcmd::cli::main()
+}
