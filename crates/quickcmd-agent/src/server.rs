@@ -102,8 +102,18 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
+    // SIGTERM starts the drain; the listener keeps answering (503 SHUTTING_DOWN for new
+    // jobs, reads and streams as usual) until the drain is over.
+    let drain_started = tokio::sync::Notify::new();
+    let mut draining = false;
+    let drain_done = async {
+        drain_started.notified().await;
+        drain(&agent).await;
+    };
+    tokio::pin!(drain_done);
     loop {
         tokio::select! {
+            _ = &mut drain_done => break,
             accepted = listener.accept() => {
                 let (tcp, remote) = match accepted {
                     Ok(pair) => pair,
@@ -144,13 +154,18 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 });
             }
             _ = hangup.recv() => reload(&agent, resolver.as_deref()),
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv(), if !draining => {
+                draining = true;
+                drain_started.notify_one();
+            }
+            _ = interrupt.recv(), if !draining => {
+                draining = true;
+                drain_started.notify_one();
+            }
         }
     }
 
     drop(listener);
-    drain(&agent).await;
     purge.abort();
     // Final frames are out; give streams and in-flight answers a moment to flush.
     if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
