@@ -68,6 +68,7 @@ pub(super) async fn stream(
                     since,
                     status,
                     job.exit_code.unwrap_or(-1),
+                    job.ended_at_ms.unwrap_or_else(crate::clock::now_ms),
                 )
                 .await
             }
@@ -149,6 +150,7 @@ async fn replay_stored(
     since: u64,
     status: JobStatus,
     exit_code: i64,
+    ended_ms: i64,
 ) {
     let frames = match agent.store.frames_since(job_id, 0).await {
         Ok(frames) => frames,
@@ -186,7 +188,7 @@ async fn replay_stored(
         // or ends; the client reconnects with `since`.
         return close(socket, 1013, "job state is changing; reconnect with since").await;
     }
-    let last = final_frame(job_id, last_seq + 1, status, exit_code);
+    let last = final_frame(job_id, last_seq + 1, status, exit_code, ended_ms);
     if last.seq > since {
         let _ = socket.send(text(&last)).await;
     }

@@ -411,8 +411,14 @@ impl Validator<'_> {
         }
         let uid_part = raw.sandbox_user.split(':').next().unwrap_or("");
         let gid_part = raw.sandbox_user.split(':').nth(1).unwrap_or("");
-        if uid_part.is_empty() || ["0", "root"].contains(&uid_part) || ["0", "root"].contains(&gid_part) {
-            return Err(self.invalid("sandbox_user", "must name a non-root user and group, e.g. \"65534:65534\""));
+        if uid_part.is_empty()
+            || ["0", "root"].contains(&uid_part)
+            || ["0", "root"].contains(&gid_part)
+        {
+            return Err(self.invalid(
+                "sandbox_user",
+                "must name a non-root user and group, e.g. \"65534:65534\"",
+            ));
         }
         let mut mounts = Vec::new();
         for (index, mount) in raw.mounts.iter().enumerate() {

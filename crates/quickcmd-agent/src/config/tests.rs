@@ -76,7 +76,10 @@ fn bad_configs_name_key_and_line() {
     );
     refused(&(base() + "log_format: xml\n"), &["log_format"]);
     refused(&(base() + "sandbox_user: \"0:0\"\n"), &["sandbox_user"]);
-    refused(&(base() + "sandbox_user: \"root:root\"\n"), &["sandbox_user"]);
+    refused(
+        &(base() + "sandbox_user: \"root:root\"\n"),
+        &["sandbox_user"],
+    );
     refused(&(base() + "sandbox_user: \"1000:0\"\n"), &["sandbox_user"]);
     refused(&(base() + "port: [1]\n"), &["line"]);
     refused(

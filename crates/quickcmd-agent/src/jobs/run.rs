@@ -57,8 +57,9 @@ fn to_stored(frames: Vec<quickcmd_protocol::LogFrame>) -> Vec<StoredFrame> {
         .map(|f| StoredFrame {
             seq: f.seq as i64,
             stream: f.stream.as_str().to_string(),
+            // The time the frame was sent, so a replay shows the same frame.
+            timestamp_ms: clock::parse_rfc3339_ms(&f.timestamp).unwrap_or_else(clock::now_ms),
             data: f.data,
-            timestamp_ms: clock::now_ms(),
         })
         .collect()
 }
@@ -164,7 +165,9 @@ async fn execute(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<LiveJob>) {
 
     let (status, exit_code, why, error) = match &result {
         Ok(outcome) => {
-            agent.metrics.sandbox_started(outcome.start_latency);
+            if !outcome.start_latency.is_zero() {
+                agent.metrics.sandbox_started(outcome.start_latency);
+            }
             match outcome.reason {
                 EndReason::Exited => (JobStatus::Completed, outcome.exit_code, None, None),
                 EndReason::Timeout => (
@@ -318,7 +321,7 @@ async fn finish(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<LiveJob>, end: F
     if let Err(error) = agent.audit.append(event).await {
         tracing::error!(job_id = %job.job_id, %error, "could not write the result to the audit log");
     }
-    live.stream.finish(end.status, end.exit_code);
+    live.stream.finish(end.status, end.exit_code, ended_ms);
     let duration = end.started.map(|s| s.elapsed()).unwrap_or_default();
     agent
         .metrics

@@ -59,6 +59,37 @@ pub struct JobStream {
     job_id: String,
     inner: Mutex<Inner>,
     sender: broadcast::Sender<Arc<LogFrame>>,
+    /// Largest `data` of one frame; bigger writes are sent as several frames.
+    max_frame_bytes: usize,
+}
+
+/// A frame holds at most an eighth of the stored-output cap (within these bounds), so the
+/// stored head and tail each keep several frames however large the sandbox's writes are:
+/// whole frames are kept or dropped, and one write bigger than half the cap would otherwise
+/// leave both empty.
+fn frame_limit(max_output_bytes: usize) -> usize {
+    (max_output_bytes / 8).clamp(4, 16 * 1024)
+}
+
+/// `text` cut into pieces of at most `max` bytes, never inside a character.
+fn pieces(text: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::with_capacity(text.len() / max + 1);
+    let mut rest = text;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut == 0 {
+            cut = rest.chars().next().map_or(rest.len(), char::len_utf8);
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
 }
 
 /// What a new subscriber gets: the stored frames after `since`, then the live receiver.
@@ -82,6 +113,7 @@ impl JobStream {
                 unsaved: Vec::new(),
             }),
             sender,
+            max_frame_bytes: frame_limit(max_output_bytes),
         }
     }
 
@@ -102,10 +134,9 @@ impl JobStream {
         state.bytes += bytes.len() as u64;
         state.hasher.update(bytes);
         let text = state.chunker.push(bytes);
-        if text.is_empty() {
-            return;
+        for piece in pieces(&text, self.max_frame_bytes) {
+            self.emit(&mut inner, stream, piece.to_string());
         }
-        self.emit(&mut inner, stream, text);
     }
 
     fn emit(&self, inner: &mut Inner, stream: StreamName, text: String) {
@@ -168,10 +199,17 @@ impl JobStream {
         (frames, stdout, stderr)
     }
 
-    /// Sends the final frame and keeps it for subscribers that arrive afterwards.
-    pub fn finish(&self, status: JobStatus, exit_code: i64) -> Arc<LogFrame> {
+    /// Sends the final frame, stamped `ended_ms` (the job's stored end, so a replay of it
+    /// later carries the same time), and keeps it for subscribers that arrive afterwards.
+    pub fn finish(&self, status: JobStatus, exit_code: i64, ended_ms: i64) -> Arc<LogFrame> {
         let mut inner = self.lock();
-        let frame = Arc::new(final_frame(&self.job_id, inner.seq + 1, status, exit_code));
+        let frame = Arc::new(final_frame(
+            &self.job_id,
+            inner.seq + 1,
+            status,
+            exit_code,
+            ended_ms,
+        ));
         inner.final_frame = Some(frame.clone());
         let _ = self.sender.send(frame.clone());
         frame
@@ -215,11 +253,18 @@ fn empty_summary() -> StreamSummary {
     }
 }
 
-/// The last frame of a job: empty stdout data, `final: true`, status and exit code.
-pub fn final_frame(job_id: &str, seq: u64, status: JobStatus, exit_code: i64) -> LogFrame {
+/// The last frame of a job: empty stdout data, `final: true`, status and exit code, stamped
+/// with the job's end.
+pub fn final_frame(
+    job_id: &str,
+    seq: u64,
+    status: JobStatus,
+    exit_code: i64,
+    ended_ms: i64,
+) -> LogFrame {
     LogFrame {
         job_id: job_id.to_string(),
-        timestamp: clock::rfc3339_ms(clock::now_ms()),
+        timestamp: clock::rfc3339_ms(ended_ms),
         stream: StreamName::Stdout,
         data: String::new(),
         is_final: true,

@@ -34,9 +34,17 @@ fn head_tail_and_marker_under_the_cap() {
         .collect();
     stored.sort();
     stored.dedup();
-    assert_eq!(stored.len(), saved_early.len() + rest.len(), "a seq was stored twice");
+    assert_eq!(
+        stored.len(),
+        saved_early.len() + rest.len(),
+        "a seq was stored twice"
+    );
     assert!(rest.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert_eq!(stored.last(), Some(&51), "the last frame (stderr) is stored");
+    assert_eq!(
+        stored.last(),
+        Some(&51),
+        "the last frame (stderr) is stored"
+    );
     // The omitted-bytes count plus what is kept accounts for every byte.
     let marker = rest
         .iter()
@@ -77,7 +85,7 @@ async fn late_subscriber_replays_then_follows_live_without_gaps() {
         resumed.replay.iter().map(|f| f.seq).collect::<Vec<_>>(),
         vec![3]
     );
-    let final_frame = stream.finish(JobStatus::Completed, 0);
+    let final_frame = stream.finish(JobStatus::Completed, 0, 1_700_000_000_000);
     assert_eq!(final_frame.seq, 4);
     let after = stream.subscribe(0);
     assert_eq!(after.replay.last().map(|f| f.is_final), Some(true));
@@ -109,4 +117,35 @@ fn multibyte_characters_split_across_chunks_stay_whole() {
         frames.iter().map(|f| f.data.as_str()).collect::<String>(),
         "✓✓"
     );
+}
+
+#[test]
+fn a_write_larger_than_the_cap_still_leaves_a_head_and_a_tail() {
+    // One 10 KB write against a 1 KB cap: without splitting it into frames, head and tail
+    // would both be empty.
+    let stream = JobStream::new("j", 1024, 1024);
+    let all: String = (0..2000).map(|i| format!("{i}\n")).collect();
+    stream.push(StreamName::Stdout, all.as_bytes());
+    let (_, stdout, _) = stream.finish_output();
+    assert!(stdout.truncated);
+    let marker_at = stdout.text.find("\n[quickcmd:").unwrap_or(0);
+    let tail_at = stdout.text.find("]\n").map_or(0, |i| i + 2);
+    let (head, tail) = (&stdout.text[..marker_at], &stdout.text[tail_at..]);
+    assert!(head.len() >= 256 && all.starts_with(head), "head {head:?}");
+    assert!(tail.len() >= 256 && all.ends_with(tail), "tail {tail:?}");
+    assert!(head.len() + tail.len() <= 1024);
+}
+
+#[test]
+fn pieces_never_split_a_character() {
+    let text = "a✓✓✓b";
+    for max in 1..=text.len() {
+        let parts = pieces(text, max);
+        assert_eq!(parts.concat(), text, "max {max}");
+        assert!(parts.iter().all(|p| !p.is_empty()), "max {max}");
+        assert!(
+            parts.iter().all(|p| p.len() <= max.max(3)),
+            "max {max}: {parts:?}"
+        );
+    }
 }
