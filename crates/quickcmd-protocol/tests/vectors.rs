@@ -111,8 +111,9 @@ fn one_flipped_byte_in_any_payload_field_fails() {
                     continue;
                 };
                 tried += 1;
-                let changed = parse_submit(mutated.as_bytes())
-                    .unwrap_or_else(|e| panic!("{}: mutated `{field}` no longer parses: {e}", vector.name));
+                let changed = parse_submit(mutated.as_bytes()).unwrap_or_else(|e| {
+                    panic!("{}: mutated `{field}` no longer parses: {e}", vector.name)
+                });
                 assert!(
                     verify_submit(secret, &changed).is_err(),
                     "{}: changed `{field}` still verifies",

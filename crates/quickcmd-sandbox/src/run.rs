@@ -112,6 +112,10 @@ impl DockerSandbox {
         }
         start_container(&self.docker, container_id, job_id).await?;
         let started_at = Instant::now();
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         let start_latency = started_at.duration_since(create_requested);
         tracing::debug!(job_id, container_id, ?start_latency, "container started");
         // The caller may have stopped listening; the job runs regardless.
@@ -141,7 +145,8 @@ impl DockerSandbox {
         };
 
         let reason = if reason == EndReason::Exited {
-            match was_oom_killed(&self.docker, container_id, job_id).await {
+            match was_oom_killed(&self.docker, container_id, job_id, exit_code, started_unix).await
+            {
                 Ok(true) => EndReason::Oom,
                 Ok(false) => EndReason::Exited,
                 Err(err) => {

@@ -188,6 +188,16 @@ async fn execute(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<LiveJob>) {
                         sandbox.memory_limit
                     )),
                 ),
+                // Cancelled before its container started: no command ran, so no exit code.
+                EndReason::Cancelled if container_id.is_none() => {
+                    let why = live.cancel_reason();
+                    (
+                        JobStatus::Failed,
+                        -1,
+                        Some(why),
+                        Some(format!("job was stopped before it started: {why}")),
+                    )
+                }
                 EndReason::Cancelled => {
                     let why = live.cancel_reason();
                     (
