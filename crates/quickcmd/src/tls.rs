@@ -100,7 +100,7 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         Trust::Pinned { certs, .. } => {
-            let verifier = PinnedVerifier::new(certs.clone(), provider)?;
+            let verifier = AgentCertVerifier::pinned(certs.clone(), provider)?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
@@ -108,28 +108,38 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
         }
         Trust::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+            .with_custom_certificate_verifier(Arc::new(AgentCertVerifier::any(provider)))
             .with_no_client_auth(),
     };
     Ok(config)
 }
 
-/// Accepts a server whose end-entity certificate is byte-for-byte one of the pinned
-/// certificates (a self-signed agent certificate is its own anchor, whatever name we
-/// dialled); otherwise verifies the chain against the pinned certificates as roots, name
-/// included. Handshake signatures are always verified.
+/// Pinned: accepts a server whose end-entity certificate is byte-for-byte one of the
+/// pinned certificates (a self-signed agent certificate is its own anchor, whatever name
+/// we dialled); otherwise verifies the chain against the pinned certificates as roots,
+/// name included. `--insecure`: any certificate. Handshake signatures are always verified.
 #[derive(Debug)]
-struct PinnedVerifier {
+struct AgentCertVerifier {
+    accept_any: bool,
     pinned: Vec<CertificateDer<'static>>,
     chain_verifier: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl PinnedVerifier {
-    fn new(
+impl AgentCertVerifier {
+    fn any(provider: Arc<CryptoProvider>) -> AgentCertVerifier {
+        AgentCertVerifier {
+            accept_any: true,
+            pinned: Vec::new(),
+            chain_verifier: None,
+            provider,
+        }
+    }
+
+    fn pinned(
         pinned: Vec<CertificateDer<'static>>,
         provider: Arc<CryptoProvider>,
-    ) -> Result<PinnedVerifier, TlsError> {
+    ) -> Result<AgentCertVerifier, TlsError> {
         let mut roots = RootCertStore::empty();
         let (valid, _invalid) = roots.add_parsable_certificates(pinned.iter().cloned());
         // A pinned leaf that webpki cannot use as an anchor can still match exactly.
@@ -142,7 +152,8 @@ impl PinnedVerifier {
         } else {
             None
         };
-        Ok(PinnedVerifier {
+        Ok(AgentCertVerifier {
+            accept_any: false,
             pinned,
             chain_verifier,
             provider,
@@ -150,7 +161,7 @@ impl PinnedVerifier {
     }
 }
 
-impl ServerCertVerifier for PinnedVerifier {
+impl ServerCertVerifier for AgentCertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -159,10 +170,11 @@ impl ServerCertVerifier for PinnedVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self
-            .pinned
-            .iter()
-            .any(|pinned| pinned.as_ref() == end_entity.as_ref())
+        if self.accept_any
+            || self
+                .pinned
+                .iter()
+                .any(|pinned| pinned.as_ref() == end_entity.as_ref())
         {
             return Ok(ServerCertVerified::assertion());
         }
@@ -178,59 +190,6 @@ impl ServerCertVerifier for PinnedVerifier {
                 rustls::CertificateError::UnknownIssuer,
             )),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `--insecure`: any certificate, but the handshake must still be signed by its key.
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
