@@ -35,6 +35,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    let data_dir_created = !config.data_dir.exists();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = Store::open(config.data_dir.join("agent.db"))
@@ -70,12 +71,20 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
 
-    let owned_files: Vec<PathBuf> = vec![
+    // Both databases with their WAL and shared-memory files: all were created by this
+    // process, so by root when it started as root.
+    // A data_dir this process made is handed over too, or the dropped process could not
+    // create files in it.
+    let mut owned_files: Vec<PathBuf> = [
         config.data_dir.join("agent.db"),
-        config.data_dir.join("agent.db-wal"),
-        config.data_dir.join("agent.db-shm"),
         config.audit_db_path.clone(),
-    ];
+    ]
+    .iter()
+    .flat_map(|db| ["", "-wal", "-shm"].map(|suffix| with_suffix(db, suffix)))
+    .collect();
+    if data_dir_created {
+        owned_files.push(config.data_dir.clone());
+    }
     privileges::drop_to(
         config.run_as_user.as_deref(),
         config.run_as_group.as_deref(),
@@ -180,6 +189,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     }
     tracing::info!("quickcmd-agent stopped");
     Ok(())
+}
+
+/// `path` with `suffix` appended to its file name (`agent.db` → `agent.db-wal`).
+fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// SIGHUP: re-read the config file (and the certificate); a bad one is refused and the

@@ -505,6 +505,9 @@ pub struct Agent {
     /// `https://127.0.0.1:<port>` of the current process.
     pub base: String,
     log_path: PathBuf,
+    /// Send the process's stderr through a pipe (copied into the log file) rather than
+    /// straight into the log file. Either way it is not a terminal.
+    pub stderr_through_pipe: bool,
     child: Option<Child>,
     http: reqwest::Client,
     tls: Arc<rustls::ClientConfig>,
@@ -513,6 +516,14 @@ pub struct Agent {
 impl Agent {
     /// Writes the config and starts the agent; returns once it listens.
     pub fn start(name: &str, config: Config) -> Agent {
+        let mut agent = Agent::prepare(name, config);
+        agent.spawn();
+        agent
+    }
+
+    /// Writes the config (temp dir, certificate, agent id) without starting the process,
+    /// for tests that set up the data dir first; [`Agent::spawn`] starts it.
+    pub fn prepare(name: &str, config: Config) -> Agent {
         ensure_docker();
         let dir = tempfile::Builder::new()
             .prefix(&format!("quickcmd-it-{name}-"))
@@ -528,12 +539,12 @@ impl Agent {
             dir,
             config: config.clone(),
             base: String::new(),
+            stderr_through_pipe: false,
             child: None,
             http: http_client(),
             tls: rustls_client(),
         };
         agent.write_config(config);
-        agent.spawn();
         agent
     }
 
@@ -571,15 +582,20 @@ impl Agent {
             .append(true)
             .open(&self.log_path)
             .expect("open agent log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quickcmd-agent"))
-            .arg(format!("--config={}", self.config_path.display()))
-            .env_remove("QUICKCMD_HMAC_SECRET")
-            .env("QUICKCMD_LOG", "info,quickcmd_agent=debug")
-            .stdin(Stdio::null())
+        let (stderr, piped_into) = if self.stderr_through_pipe {
+            (Stdio::piped(), Some(log))
+        } else {
+            (Stdio::from(log), None)
+        };
+        let mut child = self
+            .command()
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
+            .stderr(stderr)
             .spawn()
             .expect("spawn quickcmd-agent");
+        if let (Some(stderr), Some(log)) = (child.stderr.take(), piped_into) {
+            copy_into_log(stderr, log);
+        }
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -620,6 +636,65 @@ impl Agent {
                 );
             }
         }
+    }
+
+    /// The serving command line (no subcommand), stdin closed; stdout and stderr are the
+    /// caller's to set.
+    fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quickcmd-agent"));
+        command
+            .arg(format!("--config={}", self.config_path.display()))
+            .env_remove("QUICKCMD_HMAC_SECRET")
+            .env("QUICKCMD_LOG", "info,quickcmd_agent=debug")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Starts a process that is expected to refuse to serve: waits (up to `within`) for it
+    /// to exit and returns its status; its stderr is in [`Agent::log`]. Panics if it starts
+    /// listening or outlives `within` (it is killed first).
+    pub fn spawn_expecting_exit(&mut self, within: Duration) -> ExitStatus {
+        assert!(self.child.is_none(), "the agent is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open agent log");
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn quickcmd-agent");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut text);
+            text
+        });
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the agent did not exit within {within:?}; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = reader.join().unwrap_or_default();
+        assert!(
+            !stdout.contains("listening on"),
+            "the agent listened although it should have refused to start: {stdout}; its \
+             log:\n{}",
+            self.log()
+        );
+        status
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {
@@ -1016,6 +1091,24 @@ impl Drop for Agent {
             eprintln!("---- log of agent {} ----\n{}", self.agent_id, self.log());
         }
     }
+}
+
+/// Copies a child's stderr pipe into the log file as it arrives, until the pipe closes.
+fn copy_into_log(mut from: std::process::ChildStderr, mut to: std::fs::File) {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut buffer = [0u8; 8192];
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// The value of a sample line `name value` (name may carry labels) in Prometheus text.
