@@ -15,7 +15,7 @@ start_local_agent "$DIR"
 trap 'kill "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null || true' EXIT
 write_controller_config "$DIR" bench-controller local "$AGENT_URL"
 
-ms() { date +%s%N | awk '{printf "%d", $1/1000000}'; }
+ms() { echo $(( $(date +%s%N) / 1000000 )); }
 time_runs() { # label command...
     local label=$1; shift
     "$@" >/dev/null 2>&1 || die "$label failed: $*"
