@@ -8,6 +8,7 @@ pub mod canonical;
 pub mod error;
 pub mod json;
 pub mod payload;
+pub mod secret;
 pub mod sign;
 pub mod types;
 
@@ -15,6 +16,7 @@ pub use error::{ErrorBody, ErrorCode};
 pub use payload::{
     parse_submit, JobPayload, PayloadError, SandboxRequest, SubmitRequest, MAX_BODY_BYTES,
 };
+pub use secret::Secret;
 pub use sign::{verify_submit, ReadAuth, SignatureRefusal, SignedForm, ALGORITHM, AUTH_SCHEME};
 pub use types::{
     Health, JobList, JobResult, JobStatus, JobSummary, JobView, LogFrame, StreamName,

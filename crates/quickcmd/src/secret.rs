@@ -8,16 +8,7 @@ use rand::RngCore;
 /// Environment variable that may hold the controller's default secret.
 pub const SECRET_ENV: &str = "QUICKCMD_HMAC_SECRET";
 
-/// A shared HMAC key. Protocol v1 uses the secret's text as UTF-8 bytes, so a hex secret
-/// is used as its 64 characters, not decoded.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
+pub use quickcmd_protocol::Secret;
 
 /// Why a secret could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -35,50 +26,36 @@ pub enum SecretError {
     TooLarge { path: PathBuf, size: u64 },
 }
 
-impl Secret {
-    /// A secret from its text; surrounding whitespace (a trailing newline) is not part of it.
-    /// Returns `None` when nothing is left.
-    pub fn from_text(text: &str) -> Option<Secret> {
-        let trimmed = text.trim();
-        (!trimmed.is_empty()).then(|| Secret(trimmed.as_bytes().to_vec()))
-    }
-
-    /// The key bytes for HMAC.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Reads a secret file (blocking; call it before or outside the async runtime).
-    pub fn from_file(path: &Path) -> Result<Secret, SecretError> {
-        // A secret is one line; refusing big files keeps a wrong path from being slurped.
-        const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
-        let metadata = std::fs::metadata(path).map_err(|source| SecretError::Read {
+/// Reads a secret file (blocking; call it before or outside the async runtime).
+pub fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
+    // A secret is one line; refusing big files keeps a wrong path from being slurped.
+    const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+    let metadata = std::fs::metadata(path).map_err(|source| SecretError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if metadata.len() > MAX_SECRET_FILE_BYTES {
+        return Err(SecretError::TooLarge {
             path: path.to_path_buf(),
-            source,
-        })?;
-        if metadata.len() > MAX_SECRET_FILE_BYTES {
-            return Err(SecretError::TooLarge {
-                path: path.to_path_buf(),
-                size: metadata.len(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Secret::from_text(&text).ok_or_else(|| SecretError::EmptyFile {
-            path: path.to_path_buf(),
-        })
+            size: metadata.len(),
+        });
     }
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Secret::from_text(&text).ok_or_else(|| SecretError::EmptyFile {
+        path: path.to_path_buf(),
+    })
+}
 
-    /// The secret in `QUICKCMD_HMAC_SECRET`, if that variable is set.
-    pub fn from_env() -> Result<Option<Secret>, SecretError> {
-        match std::env::var(SECRET_ENV) {
-            Ok(text) => Secret::from_text(&text)
-                .map(Some)
-                .ok_or(SecretError::EmptyEnv),
-            Err(_) => Ok(None),
-        }
+/// The secret in `QUICKCMD_HMAC_SECRET`, if that variable is set.
+pub fn secret_from_env() -> Result<Option<Secret>, SecretError> {
+    match std::env::var(SECRET_ENV) {
+        Ok(text) => Secret::from_text(&text)
+            .map(Some)
+            .ok_or(SecretError::EmptyEnv),
+        Err(_) => Ok(None),
     }
 }
 
@@ -92,19 +69,6 @@ pub fn generate_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn debug_never_shows_the_secret() {
-        let secret = Secret::from_text("hunter2\n").expect("non-empty");
-        assert_eq!(format!("{secret:?}"), "Secret([redacted])");
-        assert_eq!(secret.as_bytes(), b"hunter2");
-    }
-
-    #[test]
-    fn blank_text_is_no_secret() {
-        assert!(Secret::from_text(" \n\t").is_none());
-        assert!(Secret::from_text("").is_none());
-    }
 
     #[test]
     fn generated_keys_are_64_hex_and_differ() {
@@ -123,17 +87,17 @@ mod tests {
         let good = dir.path().join("good");
         std::fs::write(&good, "abc123\n").expect("write");
         assert_eq!(
-            Secret::from_file(&good).expect("reads").as_bytes(),
+            read_secret_file(&good).expect("reads").as_bytes(),
             b"abc123"
         );
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").expect("write");
         assert!(matches!(
-            Secret::from_file(&empty),
+            read_secret_file(&empty),
             Err(SecretError::EmptyFile { .. })
         ));
         let missing = dir.path().join("missing");
-        let error = Secret::from_file(&missing).expect_err("missing file");
+        let error = read_secret_file(&missing).expect_err("missing file");
         assert!(error.to_string().contains("missing"), "{error}");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::client::{AgentEndpoint, Client, ClientError, ClientOptions};
 use crate::config::{parse_agent_url, ConfigError, ControllerConfig, InventoryAgent};
-use crate::secret::{Secret, SecretError, SECRET_ENV};
+use crate::secret::{read_secret_file, secret_from_env, Secret, SecretError, SECRET_ENV};
 use crate::tls::{self, TlsError, Trust};
 
 /// The target options of a command.
@@ -168,7 +168,7 @@ pub fn resolve_endpoints(
 ) -> Result<Vec<AgentEndpoint>, TargetError> {
     let mut secrets: HashMap<PathBuf, Secret> = HashMap::new();
     let mut pins: HashMap<PathBuf, Trust> = HashMap::new();
-    let env_secret = Secret::from_env()?;
+    let env_secret = secret_from_env()?;
     let mut endpoints = Vec::with_capacity(agents.len());
     for agent in agents {
         let index = config.agents.iter().position(|a| a.name == agent.name);
@@ -232,7 +232,7 @@ fn load_secret(
     if let Some(secret) = cache.get(path) {
         return Ok(secret.clone());
     }
-    let secret = Secret::from_file(path).map_err(|error| {
+    let secret = read_secret_file(path).map_err(|error| {
         let needle = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -250,7 +250,7 @@ fn load_secret_flag(
     if let Some(secret) = cache.get(path) {
         return Ok(secret.clone());
     }
-    let secret = Secret::from_file(path)?;
+    let secret = read_secret_file(path)?;
     cache.insert(path.to_path_buf(), secret.clone());
     Ok(secret)
 }

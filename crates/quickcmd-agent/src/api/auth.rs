@@ -79,7 +79,7 @@ pub(super) fn authenticate(
     let Some(grant) = config.controller(&credentials.controller_id) else {
         return Err(unauthorized(agent, "unknown controller or bad signature"));
     };
-    if !credentials.verify(grant.secret.expose(), method.as_str(), path) {
+    if !credentials.verify(grant.secret.as_bytes(), method.as_str(), path) {
         return Err(unauthorized(agent, "unknown controller or bad signature"));
     }
     Ok(Reader::Controller(credentials.controller_id))

@@ -200,7 +200,7 @@ async fn admit_request(
             ),
         ));
     };
-    let form = verify_submit(grant.secret.expose(), request).map_err(|refusal| {
+    let form = verify_submit(grant.secret.as_bytes(), request).map_err(|refusal| {
         let error = ApiError::new(ErrorCode::InvalidSignature, "signature does not verify for this controller's secret");
         match refusal {
             SignatureRefusal::Mismatch => error,

@@ -11,24 +11,7 @@ use std::time::Duration;
 
 pub use raw::RawConfig;
 
-/// A secret whose `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: Vec<u8>) -> Secret {
-        Secret(bytes)
-    }
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub use quickcmd_protocol::Secret;
 
 /// Why a config file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +226,7 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(Secret::new(value.into_bytes()))
+        Secret::from_text(&value).ok_or_else(|| self.invalid(key, "is empty"))
     }
 
     fn validate(

@@ -44,7 +44,7 @@ fn seed_config_shape_loads() {
     assert!(config.warnings.is_empty());
     assert_eq!(
         format!("{:?}", config.controllers["controller-1"].secret),
-        "[redacted]"
+        "Secret([redacted])"
     );
 }
 
@@ -101,8 +101,11 @@ fn per_controller_secrets_and_env_secret() {
     let path = write(&dir, &text);
     let config =
         AgentConfig::load(&path, Some(SECRET.to_string())).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.controllers["c1"].secret.expose(), SECRET.as_bytes());
-    assert_eq!(config.controllers["c2"].secret.expose(), other.as_bytes());
+    assert_eq!(
+        config.controllers["c1"].secret.as_bytes(),
+        SECRET.as_bytes()
+    );
+    assert_eq!(config.controllers["c2"].secret.as_bytes(), other.as_bytes());
     assert_eq!(
         config.controllers["c2"].scopes,
         vec!["sandbox:network".to_string()]
