@@ -10,7 +10,6 @@ pub mod metrics;
 pub mod privileges;
 pub mod server;
 pub mod state;
-mod status;
 pub mod store;
 pub mod stream;
 pub mod tls;

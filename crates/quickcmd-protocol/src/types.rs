@@ -14,6 +14,15 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Pending,
+        JobStatus::Running,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Rejected,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Pending => "pending",
@@ -25,15 +34,9 @@ impl JobStatus {
     }
 
     pub fn parse(text: &str) -> Option<JobStatus> {
-        [
-            JobStatus::Pending,
-            JobStatus::Running,
-            JobStatus::Completed,
-            JobStatus::Failed,
-            JobStatus::Rejected,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == text)
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
     }
 
     /// Whether the job has ended and will not change again.

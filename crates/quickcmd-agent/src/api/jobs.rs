@@ -60,7 +60,7 @@ pub(super) async fn get(
     let path = format!("/api/v1/jobs/{job_id}");
     let reader = authenticate(&agent, &Method::GET, &path, &headers, &query, true)?;
     let job = visible_job(&agent, &reader, &job_id).await?;
-    let status: JobStatus = job.status.into();
+    let status: JobStatus = job.status;
     let result = if status.is_final() {
         Some(result_of(&agent, &job).await?)
     } else {
@@ -90,7 +90,7 @@ async fn result_of(agent: &Agent, job: &JobRecord) -> Result<JobResult, ApiError
     let end_ms = job.ended_at_ms.unwrap_or(start_ms);
     Ok(JobResult {
         job_id: job.job_id.clone(),
-        status: job.status.into(),
+        status: job.status,
         sandbox_id: job.sandbox_id.clone().unwrap_or_default(),
         exit_code: job.exit_code.unwrap_or(-1),
         stdout,
@@ -158,7 +158,7 @@ pub(super) async fn list(
     };
     let jobs = agent
         .store
-        .list_jobs(&controller_id, status.map(Into::into), limit)
+        .list_jobs(&controller_id, status, limit)
         .await
         .map_err(store_error)?;
     Ok(Json(JobList {
@@ -166,7 +166,7 @@ pub(super) async fn list(
             .into_iter()
             .map(|job| JobSummary {
                 job_id: job.job_id,
-                status: job.status.into(),
+                status: job.status,
                 created_at: clock::rfc3339_ms(job.created_at_ms),
                 command: job.command,
                 exit_code: job.exit_code,
@@ -187,7 +187,7 @@ pub(super) async fn cancel(
     let event = AuditEvent {
         job_id: Some(job_id.clone()),
         controller_id: Some(job.controller_id.clone()),
-        status: Some(JobStatus::from(job.status).as_str().to_string()),
+        status: Some(job.status.as_str().to_string()),
         ..AuditEvent::new(AuditKind::Cancel)
     };
     if let Err(error) = agent.audit.append(event).await {
@@ -196,7 +196,7 @@ pub(super) async fn cancel(
     match agent.cancel(&job_id, reason::CANCELLED).await {
         CancelOutcome::Cancelled => {
             let status = match agent.store.get_job(&job_id).await {
-                Ok(Some(job)) => job.status.into(),
+                Ok(Some(job)) => job.status,
                 _ => JobStatus::Running,
             };
             Ok((
@@ -207,10 +207,7 @@ pub(super) async fn cancel(
         }
         CancelOutcome::NotLive => Err(ApiError::new(
             ErrorCode::JobAlreadyFinished,
-            format!(
-                "job `{job_id}` has already ended ({})",
-                JobStatus::from(job.status)
-            ),
+            format!("job `{job_id}` has already ended ({})", job.status),
         )),
     }
 }

@@ -55,7 +55,7 @@ pub(super) async fn stream(
     };
     let job = visible_job(&agent, &reader, &job_id).await?;
     let live = agent.jobs.live(&job_id);
-    let status: JobStatus = job.status.into();
+    let status: JobStatus = job.status;
     Ok(upgrade.on_upgrade(move |socket| async move {
         agent.metrics.subscriber_joined();
         match live {

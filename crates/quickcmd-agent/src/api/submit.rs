@@ -271,7 +271,7 @@ async fn admit_request(
         ttl: payload.ttl,
         timestamp: payload.timestamp,
         created_at_ms: clock::now_ms(),
-        status: JobStatus::Pending.into(),
+        status: JobStatus::Pending,
         reason: None,
         error: None,
     };
@@ -337,7 +337,7 @@ async fn resubmission(
             ),
         ));
     }
-    let status: JobStatus = existing.status.into();
+    let status: JobStatus = existing.status;
     let details = serde_json::json!({ "resubmission": true });
     if let Err(error) = agent
         .audit
@@ -372,7 +372,7 @@ async fn store_rejected(
         ttl: payload.ttl,
         timestamp: payload.timestamp,
         created_at_ms: now,
-        status: JobStatus::Rejected.into(),
+        status: JobStatus::Rejected,
         reason: Some(refusal.code.as_str().to_ascii_lowercase()),
         error: Some(refusal.message.clone()),
     };

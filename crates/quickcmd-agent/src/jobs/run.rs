@@ -298,7 +298,7 @@ async fn finish(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<LiveJob>, end: F
     }
     let ended_ms = clock::now_ms();
     let outcome = JobOutcome {
-        status: end.status.into(),
+        status: end.status,
         reason: end.reason.map(str::to_string),
         error: end.error.clone(),
         exit_code: end.exit_code,

@@ -3,6 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
+use super::types::SqlStatus;
 use super::{InsertOutcome, JobOutcome, JobRecord, JobStatus, NewJob, Store, StoreError};
 
 /// The columns `job_from_row` reads, in its order.
@@ -27,7 +28,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         ttl: row.get(8)?,
         timestamp: row.get(9)?,
         created_at_ms: row.get(10)?,
-        status: row.get(11)?,
+        status: row.get::<_, SqlStatus>(11)?.0,
         reason: row.get(12)?,
         error: row.get(13)?,
         started_at_ms: row.get(14)?,
@@ -108,7 +109,7 @@ impl Store {
                         job.ttl,
                         job.timestamp,
                         job.created_at_ms,
-                        job.status,
+                        SqlStatus(job.status),
                         job.reason,
                         job.error,
                         ended_at_ms,
@@ -174,7 +175,10 @@ impl Store {
                 ))
                 .map_err(&sql)?;
             let jobs = statement
-                .query_map(params![controller_id, status, limit], job_from_row)
+                .query_map(
+                    params![controller_id, status.map(SqlStatus), limit],
+                    job_from_row,
+                )
                 .map_err(&sql)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(&sql)?;
@@ -264,7 +268,7 @@ impl Store {
                     ),
                     params![
                         job_id,
-                        outcome.status,
+                        SqlStatus(outcome.status),
                         outcome.reason,
                         outcome.error,
                         outcome.exit_code,
@@ -358,7 +362,7 @@ impl Store {
                 .map_err(&sql)?;
             let found = statement
                 .query_map([], |row| {
-                    Ok((row.get::<_, JobStatus>(0)?, row.get::<_, i64>(1)?))
+                    Ok((row.get::<_, SqlStatus>(0)?.0, row.get::<_, i64>(1)?))
                 })
                 .map_err(&sql)?
                 .collect::<rusqlite::Result<Vec<_>>>()

@@ -1,88 +1,32 @@
 //! The values the job store takes and returns. They are not wire types: the API maps them
 //! to the protocol crate's types.
 
-use std::fmt;
-use std::str::FromStr;
-
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
-/// Where a job is in its life. `Completed`, `Failed` and `Rejected` are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobStatus {
-    Pending,
-    Running,
-    /// The command ran and exited, whatever its exit code.
-    Completed,
-    /// The command could not run, timed out, was killed or cancelled, or the agent stopped.
-    Failed,
-    /// Authenticated but refused (scopes, image, limits); it never ran.
-    Rejected,
-}
+/// The protocol's job status; the store keeps its spelling (`"pending"`, ...).
+pub use quickcmd_protocol::JobStatus;
 
-impl JobStatus {
-    /// Every status, in the order `count_by_status` reports them.
-    pub const ALL: [JobStatus; 5] = [
-        JobStatus::Pending,
-        JobStatus::Running,
-        JobStatus::Completed,
-        JobStatus::Failed,
-        JobStatus::Rejected,
-    ];
-
-    /// The protocol's spelling: `"pending"`, `"running"`, ...
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Pending => "pending",
-            JobStatus::Running => "running",
-            JobStatus::Completed => "completed",
-            JobStatus::Failed => "failed",
-            JobStatus::Rejected => "rejected",
-        }
-    }
-
-    /// Whether the job has ended; a final status is never changed again.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Completed | JobStatus::Failed | JobStatus::Rejected
-        )
-    }
-}
-
-impl fmt::Display for JobStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A string that is not one of the five job statuses.
+/// A text column that is not one of the five job statuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown job status {0:?}")]
 pub struct ParseJobStatusError(pub String);
 
-impl FromStr for JobStatus {
-    type Err = ParseJobStatusError;
+/// The SQL face of a [`JobStatus`]: its protocol spelling as TEXT.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SqlStatus(pub(crate) JobStatus);
 
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        JobStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == text)
-            .ok_or_else(|| ParseJobStatusError(text.to_owned()))
-    }
-}
-
-impl ToSql for JobStatus {
+impl ToSql for SqlStatus {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
+        Ok(ToSqlOutput::from(self.0.as_str()))
     }
 }
 
-impl FromSql for JobStatus {
+impl FromSql for SqlStatus {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        value
-            .as_str()?
-            .parse()
-            .map_err(|error| FromSqlError::Other(Box::new(error)))
+        let text = value.as_str()?;
+        JobStatus::parse(text)
+            .map(SqlStatus)
+            .ok_or_else(|| FromSqlError::Other(Box::new(ParseJobStatusError(text.to_owned()))))
     }
 }
 
@@ -187,18 +131,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_round_trips_through_text() {
+    fn status_round_trips_through_sql_text() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
         for status in JobStatus::ALL {
-            assert_eq!(status.as_str().parse::<JobStatus>(), Ok(status));
-            assert_eq!(status.to_string(), status.as_str());
+            let back: SqlStatus = conn
+                .query_row("SELECT ?1", [SqlStatus(status)], |row| row.get(0))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back.0, status);
         }
-        assert_eq!(
-            "Pending".parse::<JobStatus>(),
-            Err(ParseJobStatusError("Pending".to_owned()))
-        );
-        assert_eq!(
-            "".parse::<JobStatus>().map_err(|e| e.to_string()),
-            Err("unknown job status \"\"".to_owned())
+        let bogus = conn.query_row("SELECT 'Pending'", [], |row| row.get::<_, SqlStatus>(0));
+        assert!(
+            bogus.is_err_and(|e| e.to_string().contains("unknown job status \"Pending\"")),
+            "a misspelled status must not load"
         );
     }
 
