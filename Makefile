@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SANDBOX_IMAGE ?= quickcmd-sandbox:latest
 
-.PHONY: all toolchain build-agent build test test-unit demo dev-agent install deb test-install bench lint fmt clean
+.PHONY: all toolchain build-agent build test demo dev-agent install deb test-install bench lint deny fmt clean
 
 all: build
 
@@ -61,6 +61,12 @@ bench: build
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+# Licenses, banned crates (one TLS stack: rustls), sources. Advisories need a network
+# this machine lacks. cargo-deny comes from crates.io when missing.
+deny: toolchain
+	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked
+	$(CARGO) deny check bans licenses sources
 
 fmt:
 	$(CARGO) fmt --all
