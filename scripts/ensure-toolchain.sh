@@ -18,12 +18,12 @@ if ! command -v cargo >/dev/null 2>&1; then
             exit 1
         fi
     done
-    say "cargo not found: install Rust 1.85 or newer (https://rustup.rs), then retry"
+    say "cargo not found: install Rust 1.89 or newer (https://rustup.rs), then retry"
     exit 1
 fi
 version=$(cargo --version | awk '{print $2}')
 major=${version%%.*}; rest=${version#*.}; minor=${rest%%.*}
-if [ "$major" -lt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -lt 85 ]; }; then
-    say "cargo $version is too old: QuickCMD needs Rust 1.85 or newer (rustup update stable)"
+if [ "$major" -lt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -lt 89 ]; }; then
+    say "cargo $version is too old: QuickCMD needs Rust 1.89 or newer (rustup update stable)"
     exit 1
 fi
