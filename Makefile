@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SANDBOX_IMAGE ?= quickcmd-sandbox:latest
 
-.PHONY: all toolchain build-agent build test demo dev-agent install deb test-install bench lint deny fmt clean
+.PHONY: all toolchain build-agent build test demo dev-agent install deb test-install bench lint deny fuzz fmt clean
 
 all: build
 
@@ -67,6 +67,18 @@ lint: toolchain
 deny: toolchain
 	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked
 	$(CARGO) deny check bans licenses sources
+
+# Coverage-guided fuzzing of everything that parses untrusted bytes (protocol crate).
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := submit_body json_canonical read_auth_header
+fuzz: toolchain
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@for target in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$target for $(FUZZ_SECONDS) s"; \
+		mkdir -p fuzz/corpus/$$target; \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target corpus/$$target seeds/$$target -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

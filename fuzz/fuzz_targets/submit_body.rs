@@ -1,0 +1,30 @@
+//! Any bytes as a `POST /api/v1/jobs` body: parsing and both signature forms must never
+//! panic, and what parses must verify only under the key that signed it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use quickcmd_protocol::{parse_submit, sign, verify_submit};
+
+fuzz_target!(|body: &[u8]| {
+    let Ok(request) = parse_submit(body) else {
+        return;
+    };
+    let _ = verify_submit(b"fuzz-secret-fuzz-secret-fuzz-secret", &request);
+    // Re-sign the raw payload bytes: the agent must accept exactly that.
+    let mut signed = request.clone();
+    signed.signature = sign::sign(b"k", request.payload_raw);
+    assert!(
+        verify_submit(b"k", &signed).is_ok(),
+        "raw-signed payload refused"
+    );
+    assert!(
+        verify_submit(b"other", &signed).is_err(),
+        "wrong key accepted"
+    );
+    if let Ok(go) = request.payload.go_canonical_json() {
+        // The Go form is itself a payload that parses to the same Go form.
+        let node = quickcmd_protocol::json::parse(go.as_bytes()).expect("Go form is JSON");
+        let again = quickcmd_protocol::JobPayload::from_node(&node).expect("Go form is a payload");
+        assert_eq!(again.go_canonical_json().ok().as_deref(), Some(go.as_str()));
+    }
+});
