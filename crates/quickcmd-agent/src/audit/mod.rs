@@ -460,7 +460,7 @@ mod tests {
             job_id: Some(format!("job-{i}")),
             controller_id: Some("controller-1".to_owned()),
             remote_addr: Some("127.0.0.1:50000".to_owned()),
-            accepted: Some(i % 3 != 0),
+            accepted: Some(!i.is_multiple_of(3)),
             command: Some(format!("echo {i}")),
             prompt: Some("say a number".to_owned()),
             details: serde_json::json!({ "i": i }),
