@@ -23,13 +23,13 @@ mod types;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::{Type, Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use crate::store::sqlite::{self, SetupError, Synchronous};
+use crate::store::sqlite::{self, for_job, SetupError, SqliteHandle, Synchronous};
 
 pub use self::types::{
     AuditEvent, AuditKind, AuditRow, BadRow, ChainHead, ParseAuditKindError, VerifyReport,
@@ -107,13 +107,6 @@ pub enum AuditError {
         #[source]
         source: tokio::task::JoinError,
     },
-}
-
-fn for_job(job_id: &Option<String>) -> String {
-    job_id
-        .as_deref()
-        .map(|id| format!(" for job {id}"))
-        .unwrap_or_default()
 }
 
 fn setup_error(path: &Path, error: SetupError) -> AuditError {
@@ -373,47 +366,6 @@ impl AuditLog {
             Ok(())
         })
     }
-
-    /// Runs `f` with the connection. A panic while the lock was held cannot leave a
-    /// transaction open (rusqlite rolls back on drop), so a poisoned lock is still usable.
-    fn with_conn<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, AuditError>,
-    ) -> Result<T, AuditError> {
-        let mut conn = self
-            .inner
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        f(&mut conn)
-    }
-
-    async fn spawn<T, F>(&self, f: F) -> Result<T, AuditError>
-    where
-        F: FnOnce(&AuditLog) -> Result<T, AuditError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let log = self.clone();
-        tokio::task::spawn_blocking(move || f(&log))
-            .await
-            .map_err(|source| AuditError::Worker {
-                path: self.inner.path.clone(),
-                source,
-            })?
-    }
-
-    fn sql_error<'a>(
-        &'a self,
-        op: &'static str,
-        job_id: Option<&'a str>,
-    ) -> impl Fn(rusqlite::Error) -> AuditError + 'a {
-        move |source| AuditError::Sql {
-            path: self.inner.path.clone(),
-            op,
-            job_id: job_id.map(str::to_owned),
-            source: Box::new(source),
-        }
-    }
 }
 
 /// A read-only connection to an existing audit log of a schema this agent knows.
@@ -440,6 +392,36 @@ fn open_reader(path: &Path) -> Result<Connection, AuditError> {
         });
     }
     Ok(conn)
+}
+
+impl SqliteHandle for AuditLog {
+    type Error = AuditError;
+
+    fn db_path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn connection(&self) -> &Mutex<Connection> {
+        &self.inner.conn
+    }
+
+    fn sql_failure(
+        path: PathBuf,
+        op: &'static str,
+        job_id: Option<String>,
+        source: rusqlite::Error,
+    ) -> AuditError {
+        AuditError::Sql {
+            path,
+            op,
+            job_id,
+            source: Box::new(source),
+        }
+    }
+
+    fn worker_failure(path: PathBuf, source: tokio::task::JoinError) -> AuditError {
+        AuditError::Worker { path, source }
+    }
 }
 
 #[cfg(test)]

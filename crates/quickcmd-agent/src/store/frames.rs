@@ -3,6 +3,7 @@
 
 use rusqlite::{ffi, params, ErrorCode, TransactionBehavior};
 
+use super::sqlite::SqliteHandle;
 use super::{Store, StoreError, StoredFrame};
 
 /// Whether `error` is the primary-key violation a second frame with the same seq causes.

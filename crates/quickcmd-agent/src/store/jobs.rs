@@ -3,6 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
+use super::sqlite::SqliteHandle;
 use super::types::SqlStatus;
 use super::{InsertOutcome, JobOutcome, JobRecord, JobStatus, NewJob, Store, StoreError};
 

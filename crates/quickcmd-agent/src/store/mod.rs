@@ -23,11 +23,11 @@ mod types;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
 
-use self::sqlite::{SetupError, Synchronous};
+use self::sqlite::{for_job, SetupError, SqliteHandle, Synchronous};
 pub use self::types::{
     InsertOutcome, JobOutcome, JobRecord, JobStatus, NewJob, ParseJobStatusError, StoredFrame,
 };
@@ -90,13 +90,6 @@ pub enum StoreError {
         #[source]
         source: tokio::task::JoinError,
     },
-}
-
-fn for_job(job_id: &Option<String>) -> String {
-    job_id
-        .as_deref()
-        .map(|id| format!(" for job {id}"))
-        .unwrap_or_default()
 }
 
 /// A handle on the job database; clones share one connection.
@@ -175,54 +168,41 @@ impl Store {
         })
     }
 
-    /// Runs `f` with the connection. A panic while the lock was held cannot leave a
-    /// transaction open (rusqlite rolls back on drop), so a poisoned lock is still usable.
-    fn with_conn<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self
-            .inner
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        f(&mut conn)
-    }
-
-    /// Runs a blocking operation on tokio's blocking pool.
-    async fn spawn<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|source| StoreError::Worker {
-                path: self.inner.path.clone(),
-                source,
-            })?
-    }
-
-    /// Wraps a SQLite error with the file, the operation and the job.
-    fn sql_error<'a>(
-        &'a self,
-        op: &'static str,
-        job_id: Option<&'a str>,
-    ) -> impl Fn(rusqlite::Error) -> StoreError + 'a {
-        move |source| StoreError::Sql {
-            path: self.inner.path.clone(),
-            op,
-            job_id: job_id.map(str::to_owned),
-            source: Box::new(source),
-        }
-    }
-
     fn not_found(&self, job_id: &str) -> StoreError {
         StoreError::JobNotFound {
             path: self.inner.path.clone(),
             job_id: job_id.to_owned(),
         }
+    }
+}
+
+impl SqliteHandle for Store {
+    type Error = StoreError;
+
+    fn db_path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn connection(&self) -> &Mutex<Connection> {
+        &self.inner.conn
+    }
+
+    fn sql_failure(
+        path: PathBuf,
+        op: &'static str,
+        job_id: Option<String>,
+        source: rusqlite::Error,
+    ) -> StoreError {
+        StoreError::Sql {
+            path,
+            op,
+            job_id,
+            source: Box::new(source),
+        }
+    }
+
+    fn worker_failure(path: PathBuf, source: tokio::task::JoinError) -> StoreError {
+        StoreError::Worker { path, source }
     }
 }
 

@@ -1,16 +1,88 @@
 //! SQLite plumbing shared by the job store and the audit log: creating the file with mode
-//! 0600, connection pragmas and `PRAGMA user_version` migrations.
+//! 0600, connection pragmas, `PRAGMA user_version` migrations, and the handle both use
+//! (one connection behind a lock, driven from tokio's blocking pool).
 //!
 //! Errors here carry no path; `store` and `audit` wrap them into their own error types,
 //! which do.
 
 use std::fs::{self, OpenOptions, Permissions};
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+/// What the job store and the audit log share: a connection behind a lock, run on tokio's
+/// blocking pool, and errors that name the file. Each implements the four accessors; the
+/// three methods are written once here.
+pub(crate) trait SqliteHandle: Clone + Send + Sync + 'static {
+    type Error: Send + 'static;
+
+    fn db_path(&self) -> &Path;
+    fn connection(&self) -> &Mutex<Connection>;
+    fn sql_failure(
+        path: PathBuf,
+        op: &'static str,
+        job_id: Option<String>,
+        source: rusqlite::Error,
+    ) -> Self::Error;
+    fn worker_failure(path: PathBuf, source: tokio::task::JoinError) -> Self::Error;
+
+    /// Runs `f` with the connection. A panic while the lock was held cannot leave a
+    /// transaction open (rusqlite rolls back on drop), so a poisoned lock is still usable.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Self::Error>,
+    ) -> Result<T, Self::Error> {
+        let mut conn = self
+            .connection()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&mut conn)
+    }
+
+    /// Runs a blocking operation on tokio's blocking pool.
+    fn spawn<T, F>(&self, f: F) -> impl Future<Output = Result<T, Self::Error>> + Send
+    where
+        F: FnOnce(&Self) -> Result<T, Self::Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let handle = self.clone();
+        let path = self.db_path().to_path_buf();
+        async move {
+            tokio::task::spawn_blocking(move || f(&handle))
+                .await
+                .map_err(|source| Self::worker_failure(path, source))?
+        }
+    }
+
+    /// Wraps a SQLite error with the file, the operation and the job.
+    fn sql_error<'a>(
+        &'a self,
+        op: &'static str,
+        job_id: Option<&'a str>,
+    ) -> impl Fn(rusqlite::Error) -> Self::Error + 'a {
+        move |source| {
+            Self::sql_failure(
+                self.db_path().to_path_buf(),
+                op,
+                job_id.map(str::to_owned),
+                source,
+            )
+        }
+    }
+}
+
+/// ` for job <id>` in error messages, or nothing.
+pub(crate) fn for_job(job_id: &Option<String>) -> String {
+    job_id
+        .as_deref()
+        .map(|id| format!(" for job {id}"))
+        .unwrap_or_default()
+}
 
 /// How long a statement waits for another connection's write lock before giving up.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
