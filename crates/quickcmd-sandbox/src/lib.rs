@@ -30,5 +30,5 @@ pub use create::{LABEL_AGENT, LABEL_JOB, LABEL_MANAGED};
 pub use error::SandboxError;
 pub use spec::{
     BindMount, EndReason, OutputChunk, SandboxOutcome, SandboxSpec, CANCELLED_EXIT_CODE,
-    DEFAULT_WORKDIR, TIMEOUT_EXIT_CODE,
+    DEFAULT_WORKDIR, NOT_RUN_EXIT_CODE, TIMEOUT_EXIT_CODE,
 };

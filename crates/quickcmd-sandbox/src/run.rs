@@ -20,7 +20,8 @@ use crate::inspect::was_oom_killed;
 use crate::kill::kill_container;
 use crate::remove::{remove_container, ContainerGuard};
 use crate::spec::{
-    EndReason, OutputChunk, SandboxOutcome, SandboxSpec, CANCELLED_EXIT_CODE, TIMEOUT_EXIT_CODE,
+    EndReason, OutputChunk, SandboxOutcome, SandboxSpec, CANCELLED_EXIT_CODE, NOT_RUN_EXIT_CODE,
+    TIMEOUT_EXIT_CODE,
 };
 use crate::start::start_container;
 use crate::wait::wait_for_exit;
@@ -164,7 +165,7 @@ impl DockerSandbox {
             exit_code,
             reason,
             container_id: container_id.to_owned(),
-            start_latency,
+            start_latency: Some(start_latency),
         })
     }
 
@@ -198,10 +199,10 @@ impl DockerSandbox {
 
 fn cancelled_before_start(container_id: String) -> SandboxOutcome {
     SandboxOutcome {
-        exit_code: CANCELLED_EXIT_CODE,
+        exit_code: NOT_RUN_EXIT_CODE,
         reason: EndReason::Cancelled,
         container_id,
-        start_latency: Duration::ZERO,
+        start_latency: None,
     }
 }
 

@@ -77,19 +77,23 @@ pub enum EndReason {
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxOutcome {
-    /// The engine's exit code; 124 on timeout; 137 when cancelled before the container started.
+    /// The engine's exit code; 124 on timeout; -1 when cancelled before the container
+    /// started (no command ran).
     pub exit_code: i64,
     pub reason: EndReason,
     /// Empty only when the job was cancelled before a container was created.
     pub container_id: String,
-    /// From the create request to the start request returning; zero if never started.
-    pub start_latency: Duration,
+    /// From the create request to the start request returning; `None` if never started.
+    pub start_latency: Option<Duration>,
 }
 
 /// Exit code reported for a timeout, as coreutils `timeout` does.
 pub const TIMEOUT_EXIT_CODE: i64 = 124;
 /// Exit code reported when a job is cancelled before its process ever ran (128 + SIGKILL).
 pub const CANCELLED_EXIT_CODE: i64 = 137;
+
+/// Exit code reported when no command ran.
+pub const NOT_RUN_EXIT_CODE: i64 = -1;
 
 impl SandboxSpec {
     /// Rejects a spec the engine would read as "no limit" (zero memory, pids or tmpfs size),

@@ -689,6 +689,8 @@ async fn cancel_before_start_never_starts() {
     )
     .await;
     assert_eq!(finished.outcome().reason, EndReason::Cancelled);
+    assert_eq!(finished.outcome().exit_code, -1, "no command ran");
+    assert_eq!(finished.outcome().start_latency, None);
     assert!(finished.started_at.is_none(), "started was sent");
     assert_eq!(finished.stdout(), "");
 }

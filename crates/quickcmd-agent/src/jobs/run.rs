@@ -165,8 +165,8 @@ async fn execute(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<LiveJob>) {
 
     let (status, exit_code, why, error) = match &result {
         Ok(outcome) => {
-            if !outcome.start_latency.is_zero() {
-                agent.metrics.sandbox_started(outcome.start_latency);
+            if let Some(latency) = outcome.start_latency {
+                agent.metrics.sandbox_started(latency);
             }
             match outcome.reason {
                 EndReason::Exited => (JobStatus::Completed, outcome.exit_code, None, None),
@@ -188,16 +188,6 @@ async fn execute(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<LiveJob>) {
                         sandbox.memory_limit
                     )),
                 ),
-                // Cancelled before its container started: no command ran, so no exit code.
-                EndReason::Cancelled if container_id.is_none() => {
-                    let why = live.cancel_reason();
-                    (
-                        JobStatus::Failed,
-                        -1,
-                        Some(why),
-                        Some(format!("job was stopped before it started: {why}")),
-                    )
-                }
                 EndReason::Cancelled => {
                     let why = live.cancel_reason();
                     (
