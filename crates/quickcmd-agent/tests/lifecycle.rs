@@ -1,18 +1,18 @@
 //! The agent process's life: a crash (SIGKILL) and restart on the same data dir, the audit
 //! chain catching an edited row, config reload on SIGHUP, and the drain on SIGTERM.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{containers, metric, next_frame, payload, unique, Agent, Config, PATIENCE};
 use nix::sys::signal::Signal;
 use quickcmd_protocol::JobStatus;
+use quickcmd_testkit::{
+    containers, metric, next_frame, payload, unique, Config, TestAgent, PATIENCE,
+};
 use serde_json::json;
 
 /// Waits until the job's output frames are in the job store on disk (they are flushed a
 /// few times a second), so a crash cannot lose them.
-async fn wait_frames_stored(agent: &Agent, job_id: &str, count: i64) {
+async fn wait_frames_stored(agent: &TestAgent, job_id: &str, count: i64) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let stored = rusqlite::Connection::open_with_flags(
@@ -37,7 +37,7 @@ async fn wait_frames_stored(agent: &Agent, job_id: &str, count: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_killed_with_the_agent_is_agent_restart_after_restart() {
-    let mut agent = Agent::start("crash", Config::default());
+    let mut agent = TestAgent::start("crash", Config::default());
     let job_id = unique("crash");
     let body = agent.body(&payload("ctl-a", &job_id, "echo started; sleep 60"));
     agent.post(body.clone()).await.assert_accepted(&job_id);
@@ -78,7 +78,8 @@ async fn a_job_killed_with_the_agent_is_agent_restart_after_restart() {
         "no container labelled with this agent remains"
     );
     // The stored frames and the final frame replay after the restart.
-    let transcript = common::read_to_close(agent.subscribe("ctl-a", &job_id, None).await).await;
+    let transcript =
+        quickcmd_testkit::read_to_close(agent.subscribe("ctl-a", &job_id, None).await).await;
     transcript.assert_complete(1, JobStatus::Failed, -1);
     assert_eq!(transcript.text("stdout"), "started\n");
 
@@ -113,7 +114,7 @@ async fn a_job_killed_with_the_agent_is_agent_restart_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_passes_then_names_an_edited_row() {
-    let mut agent = Agent::start("audit", Config::default());
+    let mut agent = TestAgent::start("audit", Config::default());
     let mut ids = Vec::new();
     for command in ["echo one", "echo two", "exit 4"] {
         let job_id = unique("audit");
@@ -126,7 +127,10 @@ async fn audit_verify_passes_then_names_an_edited_row() {
     let mut forged = payload("ctl-a", &unique("audit"), "true");
     forged.prompt = "forged".into();
     agent
-        .post(common::signed_body(&forged, &agent.secret_of("ctl-b")))
+        .post(quickcmd_testkit::signed_body(
+            &forged,
+            &agent.secret_of("ctl-b"),
+        ))
         .await
         .assert_error(401, "INVALID_SIGNATURE");
 
@@ -181,7 +185,7 @@ async fn sighup_reloads_controllers_and_keeps_the_old_config_when_the_new_is_bro
         ..Config::default()
     }
     .shared(&["ctl-s1", "ctl-s2"]);
-    let mut agent = Agent::start("reload", config.clone());
+    let mut agent = TestAgent::start("reload", config.clone());
     agent.submit("ctl-s2", &unique("reload"), "true").await;
 
     let reloaded = config.shared(&["ctl-s1", "ctl-s3"]);
@@ -218,7 +222,7 @@ async fn sighup_reloads_controllers_and_keeps_the_old_config_when_the_new_is_bro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_fails_what_is_left_and_exits_zero() {
-    let mut agent = Agent::start(
+    let mut agent = TestAgent::start(
         "drain",
         Config::default()
             .set("shutdown_grace_seconds", json!(1))

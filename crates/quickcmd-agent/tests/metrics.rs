@@ -1,15 +1,13 @@
 //! `/metrics` and `/health` after a known mix of jobs, and the `max_concurrent_jobs` limit.
 
-mod common;
-
-use common::{metric, next_frame, payload, unique, Agent, Config};
 use quickcmd_protocol::{JobStatus, SandboxRequest};
+use quickcmd_testkit::{metric, next_frame, payload, unique, Config, TestAgent};
 use reqwest::Method;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_each_job_once_and_refusals_by_code() {
-    let agent = Agent::start("metrics", Config::default());
+    let agent = TestAgent::start("metrics", Config::default());
     let completed = unique("m-ok");
     let nonzero = unique("m-exit");
     let timed_out = unique("m-timeout");
@@ -32,7 +30,10 @@ async fn metrics_count_each_job_once_and_refusals_by_code() {
     agent.post(ok_body).await.assert_accepted(&completed);
     let forged = payload("ctl-a", &unique("m-forged"), "true");
     agent
-        .post(common::signed_body(&forged, &agent.secret_of("ctl-b")))
+        .post(quickcmd_testkit::signed_body(
+            &forged,
+            &agent.secret_of("ctl-b"),
+        ))
         .await
         .assert_error(401, "INVALID_SIGNATURE");
     let mut scoped = payload("ctl-a", &unique("m-scope"), "true");
@@ -116,14 +117,14 @@ async fn metrics_count_each_job_once_and_refusals_by_code() {
     let body = health.json();
     assert_eq!(body["status"], json!("healthy"));
     let timestamp = body["timestamp"].as_i64().expect("unix timestamp");
-    assert!((timestamp - common::now()).abs() < 60, "{body}");
+    assert!((timestamp - quickcmd_testkit::now()).abs() < 60, "{body}");
     assert_eq!(body["checks"]["docker"], json!("ok"), "{body}");
     assert_eq!(body["checks"]["database"], json!("ok"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_max_concurrent_jobs_run_at_once() {
-    let agent = Agent::start(
+    let agent = TestAgent::start(
         "concurrency",
         Config::default().set("max_concurrent_jobs", json!(2)),
     );

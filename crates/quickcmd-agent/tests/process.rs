@@ -3,17 +3,15 @@
 //! exist stops it at start with a clear error; its logs are one JSON object per line with
 //! `log_format: json`, and plain text without colour codes when stderr is not a terminal.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{unique, Agent, Config};
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Group, Uid, User};
 use quickcmd_protocol::JobStatus;
+use quickcmd_testkit::{unique, Config, TestAgent};
 use serde_json::{json, Value};
 
 /// The system user the privilege-drop test creates (and leaves in place).
@@ -143,7 +141,7 @@ fn assert_all_owned_by(dir: &Path, uid: Uid, gid: Gid, when: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn started_as_root_drops_to_run_as_user_keeping_docker_group() {
     require_root("started_as_root_drops_to_run_as_user_keeping_docker_group");
-    common::ensure_docker();
+    quickcmd_testkit::ensure_docker();
     let socket = docker_socket();
     let socket_gid = Gid::from_raw(
         std::fs::metadata(&socket)
@@ -164,7 +162,7 @@ async fn started_as_root_drops_to_run_as_user_keeping_docker_group() {
     let config = Config::default()
         .set("run_as_user", json!(RUN_AS_USER))
         .set("run_as_group", json!(primary));
-    let mut agent = Agent::prepare("privdrop", config);
+    let mut agent = TestAgent::prepare("privdrop", config);
     // The data dir does not exist yet: the agent, still root, creates it and hands it to
     // the user it becomes. The temp dir above it (root's, 0700) may be passed through, as
     // /var/lib would be.
@@ -279,7 +277,7 @@ async fn run_as_user_that_does_not_exist_is_a_clear_error() {
         "a user named no-such-user-qc exists on this machine"
     );
     let config = Config::default().set("run_as_user", json!("no-such-user-qc"));
-    let mut agent = Agent::prepare("nouser", config);
+    let mut agent = TestAgent::prepare("nouser", config);
     let started = Instant::now();
     let status = agent.spawn_expecting_exit(Duration::from_secs(60));
     let log = agent.log();
@@ -300,7 +298,7 @@ async fn run_as_user_that_does_not_exist_is_a_clear_error() {
 
 /// Runs `echo hello` as ctl-a, waits for its `job finished` log line, then stops the agent
 /// gracefully so that its whole log is written; returns the job id and the log.
-async fn run_one_job_and_stop(agent: &mut Agent) -> (String, String) {
+async fn run_one_job_and_stop(agent: &mut TestAgent) -> (String, String) {
     let job_id = unique("logs");
     agent.submit("ctl-a", &job_id, "echo hello").await;
     let view = agent.wait_final("ctl-a", &job_id).await;
@@ -314,7 +312,7 @@ async fn run_one_job_and_stop(agent: &mut Agent) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_have_one_line_per_job_outcome() {
-    let mut agent = Agent::start(
+    let mut agent = TestAgent::start(
         "jsonlog",
         Config::default().set("log_format", json!("json")),
     );
@@ -346,7 +344,7 @@ async fn json_logs_have_one_line_per_job_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_have_no_ansi_escapes_when_not_a_terminal() {
-    let mut agent = Agent::prepare("textlog", Config::default());
+    let mut agent = TestAgent::prepare("textlog", Config::default());
     agent.stderr_through_pipe = true;
     agent.spawn();
     let stderr = std::fs::read_link(format!("/proc/{}/fd/2", agent.pid())).expect("readlink fd 2");

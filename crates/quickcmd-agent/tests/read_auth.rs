@@ -1,10 +1,8 @@
 //! Read authentication (protocol-v1 §2): signed GET/DELETE/list, a controller sees only its
 //! own jobs, and a refused WebSocket is refused at the upgrade with its HTTP status.
 
-mod common;
-
-use common::{metric, now, read_to_close, Agent, Config, Ws};
 use quickcmd_protocol::{JobStatus, ReadAuth};
+use quickcmd_testkit::{metric, now, read_to_close, Config, TestAgent, Ws};
 use reqwest::Method;
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
@@ -32,8 +30,8 @@ fn refused_upgrade(result: Result<Ws, tungstenite::Error>) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_need_the_signature_of_the_jobs_own_controller() {
-    let agent = Agent::start("reads", Config::default().controller("ctl-c", &[]));
-    let job_id = common::unique("read");
+    let agent = TestAgent::start("reads", Config::default().controller("ctl-c", &[]));
+    let job_id = quickcmd_testkit::unique("read");
     agent.submit("ctl-a", &job_id, "echo secret-output").await;
     let view = agent.wait_final("ctl-a", &job_id).await;
     assert_eq!(view.result.expect("result").stdout, "secret-output\n");
@@ -146,8 +144,8 @@ async fn reads_need_the_signature_of_the_jobs_own_controller() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_refusals_happen_at_the_upgrade_and_query_auth_works() {
-    let agent = Agent::start("ws-auth", Config::default());
-    let job_id = common::unique("wsauth");
+    let agent = TestAgent::start("ws-auth", Config::default());
+    let job_id = quickcmd_testkit::unique("wsauth");
     agent.submit("ctl-a", &job_id, "echo streamed").await;
     agent.wait_final("ctl-a", &job_id).await;
     let path = format!("/api/v1/stream/{job_id}");
@@ -224,11 +222,11 @@ async fn websocket_refusals_happen_at_the_upgrade_and_query_auth_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_open_reads_restore_the_seeds_status_by_id() {
-    let agent = Agent::start(
+    let agent = TestAgent::start(
         "legacy",
         Config::default().set("legacy_open_reads", json!(true)),
     );
-    let job_id = common::unique("legacy");
+    let job_id = quickcmd_testkit::unique("legacy");
     agent.submit("ctl-a", &job_id, "echo open").await;
     agent.wait_final("ctl-a", &job_id).await;
     let reply = agent

@@ -2,14 +2,16 @@
 //! timeout, out of memory, a fork bomb, network isolation and grant, the unprivileged user,
 //! the read-only root, and cancellation.
 
-mod common;
-
-use common::{containers, payload, read_to_close, unique, Agent, Config};
 use quickcmd_protocol::{JobResult, JobStatus, SandboxRequest};
+use quickcmd_testkit::{containers, payload, read_to_close, unique, Config, TestAgent};
 use serde_json::json;
 
 /// Submits `command` as ctl-a with this sandbox request and waits for the result.
-async fn run(agent: &Agent, command: &str, sandbox: Option<SandboxRequest>) -> (String, JobResult) {
+async fn run(
+    agent: &TestAgent,
+    command: &str,
+    sandbox: Option<SandboxRequest>,
+) -> (String, JobResult) {
     let job_id = unique("sbx");
     let mut p = payload("ctl-a", &job_id, command);
     p.sandbox = sandbox;
@@ -31,7 +33,7 @@ fn assert_ended(result: &JobResult, status: JobStatus, reason: Option<&str>, exi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_the_job_with_exit_code_124() {
-    let agent = Agent::start("timeout", Config::default());
+    let agent = TestAgent::start("timeout", Config::default());
     let job_id = unique("timeout");
     let mut p = payload("ctl-a", &job_id, "echo before; sleep 30; echo after");
     p.sandbox = Some(SandboxRequest {
@@ -72,7 +74,7 @@ async fn timeout_kills_the_job_with_exit_code_124() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_is_failed_oom() {
-    let agent = Agent::start("oom", Config::default());
+    let agent = TestAgent::start("oom", Config::default());
     // `tail` keeps a line that never ends in memory; 16 MiB (memory + swap) stops it.
     let (job_id, result) = run(
         &agent,
@@ -105,7 +107,7 @@ async fn out_of_memory_is_failed_oom() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pids_limit_contains_a_fork_bomb() {
-    let agent = Agent::start("forkbomb", Config::default().set("pids_limit", json!(32)));
+    let agent = TestAgent::start("forkbomb", Config::default().set("pids_limit", json!(32)));
     // An inner shell forks until it cannot (ash gives up at the first failed fork); the
     // outer one then counts the processes with builtins only, as no pid is left to fork.
     let (_, result) = run(
@@ -165,7 +167,7 @@ fn interfaces(proc_net_dev: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_is_off_unless_granted() {
-    let agent = Agent::start(
+    let agent = TestAgent::start(
         "network",
         Config::default().controller("ctl-net", &["sandbox:network"]),
     );
@@ -216,7 +218,7 @@ async fn network_is_off_unless_granted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_as_nobody_on_a_read_only_root() {
-    let agent = Agent::start("rootfs", Config::default());
+    let agent = TestAgent::start("rootfs", Config::default());
     let (_, who) = run(&agent, "id -u; id -g", None).await;
     assert_ended(&who, JobStatus::Completed, None, 0);
     assert_eq!(who.stdout, "65534\n65534\n");
@@ -237,14 +239,14 @@ async fn runs_as_nobody_on_a_read_only_root() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_kills_the_sandbox_and_removes_it() {
-    let agent = Agent::start("cancel", Config::default().set("pids_limit", json!(50)));
+    let agent = TestAgent::start("cancel", Config::default().set("pids_limit", json!(50)));
     let job_id = unique("cancel");
     agent
         .submit("ctl-a", &job_id, "echo started; sleep 60")
         .await;
     let mut subscriber = agent.subscribe("ctl-a", &job_id, None).await;
     let mut close = None;
-    let first = common::next_frame(&mut subscriber, &mut close)
+    let first = quickcmd_testkit::next_frame(&mut subscriber, &mut close)
         .await
         .expect("first frame");
     assert_eq!(first.data, "started\n");

@@ -3,11 +3,9 @@
 //! `JOB_EXPIRED`, which the agent only reaches after the signature verified; one changed
 //! byte must turn it into `INVALID_SIGNATURE`.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{Agent, Config};
+use quickcmd_testkit::{Config, TestAgent};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -74,7 +72,7 @@ async fn every_go_vector_verifies_as_sent_and_reformatted() {
         ["controller-1", "https://quickcmd.example.com"]
     );
 
-    let agent = Agent::start("vectors", vector_config(&secret));
+    let agent = TestAgent::start("vectors", vector_config(&secret));
 
     for vector in &vectors {
         let (controller_id, job_id, _) = fields(vector);
@@ -103,7 +101,7 @@ async fn every_go_vector_verifies_as_sent_and_reformatted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_changed_byte_of_a_go_vector_is_invalid_signature() {
     let vectors = vectors();
-    let agent = Agent::start("vectors-flip", vector_config(&vectors[0].secret));
+    let agent = TestAgent::start("vectors-flip", vector_config(&vectors[0].secret));
 
     for vector in &vectors {
         let (controller_id, job_id, _) = fields(vector);

@@ -2,10 +2,10 @@
 //! job runs, replay for late subscribers, `since`, several subscribers, UTF-8 boundaries,
 //! and the head/tail cap on stored output with the full stream's size and hash.
 
-mod common;
-
-use common::{next_frame, read_to_close, sha256_hex, unique, Agent, Config, Transcript};
 use quickcmd_protocol::{JobStatus, LogFrame};
+use quickcmd_testkit::{
+    next_frame, read_to_close, sha256_hex, unique, Config, TestAgent, Transcript,
+};
 use serde_json::json;
 
 /// The parts of a frame a replay must reproduce exactly.
@@ -25,7 +25,7 @@ fn essence(frames: &[LogFrame]) -> Vec<(u64, String, String, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_arrive_while_the_job_runs_and_every_subscriber_gets_all() {
-    let agent = Agent::start("live", Config::default());
+    let agent = TestAgent::start("live", Config::default());
     let job_id = unique("live");
     agent
         .submit("ctl-a", &job_id, "echo first; sleep 3; echo second")
@@ -92,7 +92,7 @@ async fn frames_arrive_while_the_job_runs_and_every_subscriber_gets_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_subscriber_replays_in_order_then_final_and_since_resumes() {
-    let agent = Agent::start("late", Config::default());
+    let agent = TestAgent::start("late", Config::default());
     let job_id = unique("late");
     agent
         .submit(
@@ -138,7 +138,7 @@ async fn late_subscriber_replays_in_order_then_final_and_since_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn utf8_characters_split_across_writes_arrive_whole() {
-    let agent = Agent::start("utf8", Config::default());
+    let agent = TestAgent::start("utf8", Config::default());
     let job_id = unique("utf8");
     // ✓ is E2 9C 93 and 😀 is F0 9F 98 80: each is written in two pieces with a pause
     // between; \377 can never be UTF-8.
@@ -171,7 +171,7 @@ async fn utf8_characters_split_across_writes_arrive_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_over_the_cap_keeps_head_marker_tail_and_hashes_the_whole() {
-    let agent = Agent::start(
+    let agent = TestAgent::start(
         "cap",
         Config::default().set("max_output_bytes", json!(4096)),
     );
@@ -248,7 +248,7 @@ async fn output_over_the_cap_keeps_head_marker_tail_and_hashes_the_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_does_not_read_is_dropped_and_never_slows_the_job() {
-    let agent = Agent::start(
+    let agent = TestAgent::start(
         "slow",
         Config::default().set("stream_buffer_frames", json!(16)),
     );

@@ -1,12 +1,10 @@
 //! `POST /api/v1/jobs` against the real agent: every row of protocol-v1's check table with
 //! its status, code and audit row; idempotent resubmission; rejected jobs; the queue limit.
 
-mod common;
-
-use common::{
-    body_from, metric, now, object, payload, replace_once, signed_body, unique, Agent, Config,
-};
 use quickcmd_protocol::{sign, JobStatus, SandboxRequest, MAX_BODY_BYTES};
+use quickcmd_testkit::{
+    body_from, metric, now, object, payload, replace_once, signed_body, unique, Config, TestAgent,
+};
 use serde_json::json;
 
 /// `ctl-a` and `ctl-b` with their own secrets; `ctl-s1` and `ctl-s2` share one secret
@@ -21,7 +19,7 @@ fn table_config() -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_of_exactly_one_mib_is_accepted_and_one_byte_more_is_413() {
-    let agent = Agent::start("size", table_config());
+    let agent = TestAgent::start("size", table_config());
     let job_id = unique("size");
     let body = agent.body(&payload("ctl-a", &job_id, "true"));
     // Pad with whitespace between tokens: still the same JSON, same signed payload bytes.
@@ -51,7 +49,7 @@ async fn body_of_exactly_one_mib_is_accepted_and_one_byte_more_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_are_400() {
-    let agent = Agent::start("malformed", table_config());
+    let agent = TestAgent::start("malformed", table_config());
 
     for not_json in [
         "{not json".to_string(),
@@ -150,7 +148,7 @@ async fn malformed_bodies_are_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_algorithm_unknown_controller_and_bad_signatures() {
-    let agent = Agent::start("auth", table_config());
+    let agent = TestAgent::start("auth", table_config());
 
     // Algorithm other than HMAC-SHA256: 400.
     let job_id = unique("alg");
@@ -167,7 +165,10 @@ async fn unsupported_algorithm_unknown_controller_and_bad_signatures() {
     // under some secret.
     let stranger = payload("ctl-stranger", &unique("stranger"), "true");
     let reply = agent
-        .post(signed_body(&stranger, &common::own_secret("ctl-stranger")))
+        .post(signed_body(
+            &stranger,
+            &quickcmd_testkit::own_secret("ctl-stranger"),
+        ))
         .await;
     reply.assert_error(403, "CONTROLLER_NOT_ALLOWED");
     agent.assert_refusal_audited(
@@ -181,7 +182,9 @@ async fn unsupported_algorithm_unknown_controller_and_bad_signatures() {
     reply.assert_error(401, "INVALID_SIGNATURE");
     agent.assert_refusal_audited("INVALID_SIGNATURE", Some(&job_id), Some("ctl-a"));
     // Signed with the shared secret, which ctl-a does not use.
-    let reply = agent.post(signed_body(&p, common::SHARED_SECRET)).await;
+    let reply = agent
+        .post(signed_body(&p, quickcmd_testkit::SHARED_SECRET))
+        .await;
     reply.assert_error(401, "INVALID_SIGNATURE");
     agent
         .get_job("ctl-a", &job_id)
@@ -195,7 +198,7 @@ async fn unsupported_algorithm_unknown_controller_and_bad_signatures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_flipped_byte_in_any_payload_field_or_the_signature_is_401() {
-    let agent = Agent::start("flip", table_config());
+    let agent = TestAgent::start("flip", table_config());
     let job_id = format!("{}-a", unique("flip"));
     let mut p = payload("ctl-s1", &job_id, "echo a");
     p.prompt = "prompt-a".into();
@@ -331,7 +334,7 @@ async fn one_flipped_byte_in_any_payload_field_or_the_signature_is_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_sandbox_cannot_ride_along_in_canonical_mode() {
-    let agent = Agent::start("canonical", table_config());
+    let agent = TestAgent::start("canonical", table_config());
     let job_id = unique("canon");
     let p = payload("ctl-a", &job_id, "echo canonical");
     let secret = agent.secret_of("ctl-a");
@@ -390,7 +393,7 @@ async fn unsigned_sandbox_cannot_ride_along_in_canonical_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clock_checks_ttl_and_skew_both_ways() {
-    let agent = Agent::start("clock", table_config());
+    let agent = TestAgent::start("clock", table_config());
     let now = now();
     /// What, timestamp, ttl, and the refusal (None: accepted).
     type Case = (&'static str, i64, i64, Option<(u16, &'static str)>);
@@ -444,7 +447,7 @@ async fn clock_checks_ttl_and_skew_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_run_in_the_order_of_the_table() {
-    let agent = Agent::start("order", table_config());
+    let agent = TestAgent::start("order", table_config());
     let expired = |controller: &str| {
         let mut p = payload(controller, &unique("order"), "true");
         p.timestamp = now() - 100;
@@ -507,7 +510,7 @@ async fn checks_run_in_the_order_of_the_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_id_with_another_payload_is_409_from_any_controller() {
-    let agent = Agent::start("dup", table_config());
+    let agent = TestAgent::start("dup", table_config());
     let job_id = unique("dup");
     let original = payload("ctl-a", &job_id, "echo original");
     agent
@@ -545,7 +548,7 @@ async fn same_id_with_another_payload_is_409_from_any_controller() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubmitting_the_same_signed_body_is_idempotent() {
-    let agent = Agent::start("idem", table_config());
+    let agent = TestAgent::start("idem", table_config());
     let job_id = unique("idem");
     let body = agent.body(&payload("ctl-a", &job_id, "echo once; sleep 1"));
     let first = agent.post(body.clone()).await;
@@ -596,7 +599,7 @@ async fn resubmitting_the_same_signed_body_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submissions_of_one_id_run_it_once() {
-    let agent = Agent::start("race", table_config());
+    let agent = TestAgent::start("race", table_config());
     // The same body eight times at once: all retries of one job.
     let job_id = unique("race");
     let body = agent.body(&payload("ctl-a", &job_id, "echo raced"));
@@ -634,7 +637,7 @@ async fn concurrent_submissions_of_one_id_run_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scope_image_and_cap_refusals_are_stored_as_rejected() {
-    let agent = Agent::start(
+    let agent = TestAgent::start(
         "rejected",
         table_config()
             .set("max_timeout_seconds", json!(60))
@@ -742,7 +745,7 @@ async fn scope_image_and_cap_refusals_are_stored_as_rejected() {
         timeout_seconds: Some(60),
         memory_limit: Some(512 * 1024 * 1024),
         cpu_limit: Some(1.0),
-        image: Some(common::IMAGE.into()),
+        image: Some(quickcmd_testkit::IMAGE.into()),
         ..SandboxRequest::default()
     });
     agent.post(agent.body(&p)).await.assert_accepted(&job_id);
@@ -758,7 +761,7 @@ async fn scope_image_and_cap_refusals_are_stored_as_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_429_with_retry_after() {
-    let agent = Agent::start(
+    let agent = TestAgent::start(
         "queue",
         table_config()
             .set("max_concurrent_jobs", json!(1))
@@ -822,7 +825,7 @@ async fn full_queue_is_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_ttl_passes_in_the_queue_never_starts() {
-    let agent = Agent::start(
+    let agent = TestAgent::start(
         "queue-ttl",
         table_config().set("max_concurrent_jobs", json!(1)),
     );

@@ -83,7 +83,9 @@ impl Config {
     /// Adds (or replaces) a controller with this secret of its own and these scopes.
     pub fn controller_with_secret(self, id: &str, secret: &str, scopes: &[&str]) -> Config {
         let mut config = self.controller(id, scopes);
-        config.own_secrets.insert(id.to_string(), secret.to_string());
+        config
+            .own_secrets
+            .insert(id.to_string(), secret.to_string());
         config
     }
 

@@ -14,7 +14,9 @@ use crate::{docker, tls, unique, PATIENCE};
 /// `target/<profile>/deps/`, the binaries one level up.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own executable");
-    let deps = exe.parent().expect("the test executable lives in a directory");
+    let deps = exe
+        .parent()
+        .expect("the test executable lives in a directory");
     if deps.ends_with("deps") {
         deps.parent().unwrap_or(deps).to_path_buf()
     } else {
@@ -418,4 +420,3 @@ pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-
