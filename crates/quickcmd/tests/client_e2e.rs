@@ -1,24 +1,22 @@
 //! The client library against a real agent (real TLS, real Docker): the protocol-v1
 //! promises the controller relies on, checked at the wire level.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use quickcmd::client::{AgentEndpoint, Client, ClientOptions};
 use quickcmd::job::{new_job_id, JobSpec};
 use quickcmd::{Secret, Trust};
 use quickcmd_protocol::{ErrorCode, JobStatus, StreamName};
+use quickcmd_testkit::{gen_key, AgentSpec, Grant, TestAgent, CONTROLLER};
 
-fn client(agent: &Agent, secret: &str, controller_id: &str) -> Client {
+fn client(agent: &TestAgent, secret: &str, controller_id: &str) -> Client {
     Client::new(
         AgentEndpoint {
             name: agent.name.clone(),
-            url: agent.url.parse().expect("url"),
+            url: agent.base.parse().expect("url"),
             controller_id: controller_id.to_string(),
             secret: Secret::from_text(secret).expect("secret"),
-            trust: Trust::pinned_from_file(&agent.cert).expect("pin"),
+            trust: Trust::pinned_from_file(&agent.cert_path()).expect("pin"),
         },
         ClientOptions::default(),
     )
@@ -36,7 +34,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn submit_stream_wait_and_resume_against_a_real_agent() {
     let root = tempfile::tempdir().expect("tempdir");
     let secret = gen_key();
-    let agent = Agent::start(root.path(), &AgentSpec::new("lib", &secret));
+    let agent = AgentSpec::new("lib", &secret).start(root.path());
     let client = client(&agent, &secret, CONTROLLER);
     runtime().block_on(async {
         let health = client.health().await.expect("health");
@@ -127,26 +125,24 @@ fn submit_stream_wait_and_resume_against_a_real_agent() {
 fn another_controllers_job_is_not_found_and_wrong_secrets_are_refused() {
     let root = tempfile::tempdir().expect("tempdir");
     let (secret_one, secret_two) = (gen_key(), gen_key());
-    let agent = Agent::start(
-        root.path(),
-        &AgentSpec {
-            agent_id: "two-controllers".into(),
-            secret: None,
-            controllers: vec![
-                Grant {
-                    id: "ctl-one".into(),
-                    secret: secret_one.clone(),
-                    scopes: vec![],
-                },
-                Grant {
-                    id: "ctl-two".into(),
-                    secret: secret_two.clone(),
-                    scopes: vec![],
-                },
-            ],
-            max_concurrent_jobs: 2,
-        },
-    );
+    let agent = AgentSpec {
+        agent_id: "two-controllers".into(),
+        secret: None,
+        controllers: vec![
+            Grant {
+                id: "ctl-one".into(),
+                secret: secret_one.clone(),
+                scopes: vec![],
+            },
+            Grant {
+                id: "ctl-two".into(),
+                secret: secret_two.clone(),
+                scopes: vec![],
+            },
+        ],
+        max_concurrent_jobs: 2,
+    }
+    .start(root.path());
     let one = client(&agent, &secret_one, "ctl-one");
     let two = client(&agent, &secret_two, "ctl-two");
     let forger = client(&agent, &secret_two, "ctl-one");

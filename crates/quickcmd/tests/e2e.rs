@@ -2,13 +2,14 @@
 //! binary, and what an operator would check — exit codes, output, fan-out failures,
 //! secrets, Ctrl-C, dropped streams, history and JSON.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use quickcmd_testkit::{
+    eventually, gen_key, json_lines, quickcmd_bin, run_bounded, show, text, write_secret,
+    AgentSpec, Controller, CutProxy, Entry, Grant, CONTROLLER,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -20,7 +21,7 @@ fn tempdir() -> tempfile::TempDir {
 fn exit_codes_pass_through_for_one_host() {
     let root = tempdir();
     let secret = gen_key();
-    let agent = Agent::start(root.path(), &AgentSpec::new("solo", &secret));
+    let agent = AgentSpec::new("solo", &secret).start(root.path());
     let controller = Controller::new(root.path(), &secret, &[Entry::of(&agent)]);
 
     let ok = controller.run(&["run", "--agent", "solo", "--", "exit 0"]);
@@ -55,7 +56,7 @@ fn exit_codes_pass_through_for_one_host() {
 fn stdout_and_stderr_stay_apart() {
     let root = tempdir();
     let secret = gen_key();
-    let agent = Agent::start(root.path(), &AgentSpec::new("apart", &secret));
+    let agent = AgentSpec::new("apart", &secret).start(root.path());
     let controller = Controller::new(root.path(), &secret, &[Entry::of(&agent)]);
     let output = controller.run(&[
         "run",
@@ -73,7 +74,7 @@ fn stdout_and_stderr_stay_apart() {
 fn output_streams_live_and_in_order() {
     let root = tempdir();
     let secret = gen_key();
-    let agent = Agent::start(root.path(), &AgentSpec::new("live", &secret));
+    let agent = AgentSpec::new("live", &secret).start(root.path());
     let controller = Controller::new(root.path(), &secret, &[Entry::of(&agent)]);
     let mut command = controller.command();
     command
@@ -116,16 +117,16 @@ fn output_streams_live_and_in_order() {
 fn fan_out_reports_a_stopped_agent_as_unreachable() {
     let root = tempdir();
     let secret = gen_key();
-    let one = Agent::start(root.path(), &AgentSpec::new("one", &secret));
-    let two = Agent::start(root.path(), &AgentSpec::new("two", &secret));
-    let mut three = Agent::start(root.path(), &AgentSpec::new("three", &secret));
-    three.stop();
+    let one = AgentSpec::new("one", &secret).start(root.path());
+    let two = AgentSpec::new("two", &secret).start(root.path());
+    let mut three = AgentSpec::new("three", &secret).start(root.path());
+    three.kill9();
     let controller = Controller::new(
         root.path(),
         &secret,
         &[Entry::of(&one), Entry::of(&two), Entry::of(&three)],
     );
-    assert_ne!(one.port, two.port);
+    assert_ne!(one.port(), two.port());
 
     let output = controller.run(&["run", "--all", "--", "echo hello from $HOSTNAME; echo done"]);
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
@@ -203,9 +204,9 @@ fn fan_out_reports_a_stopped_agent_as_unreachable() {
 fn max_errors_zero_starts_no_host_after_a_failure() {
     let root = tempdir();
     let secret = gen_key();
-    let bad = Agent::start(root.path(), &AgentSpec::new("bad", &gen_key()));
-    let good_a = Agent::start(root.path(), &AgentSpec::new("good-a", &secret));
-    let good_b = Agent::start(root.path(), &AgentSpec::new("good-b", &secret));
+    let bad = AgentSpec::new("bad", &gen_key()).start(root.path());
+    let good_a = AgentSpec::new("good-a", &secret).start(root.path());
+    let good_b = AgentSpec::new("good-b", &secret).start(root.path());
     let controller = Controller::new(
         root.path(),
         &secret,
@@ -280,21 +281,19 @@ fn max_errors_zero_starts_no_host_after_a_failure() {
 fn per_agent_secrets_and_controller_ids() {
     let root = tempdir();
     let (secret_a, secret_b, default) = (gen_key(), gen_key(), gen_key());
-    let a = Agent::start(root.path(), &AgentSpec::new("sec-a", &secret_a));
+    let a = AgentSpec::new("sec-a", &secret_a).start(root.path());
     // This agent knows us under another id with its own secret (protocol `controllers`).
-    let b = Agent::start(
-        root.path(),
-        &AgentSpec {
-            agent_id: "sec-b".into(),
-            secret: None,
-            controllers: vec![Grant {
-                id: "ops-controller".into(),
-                secret: secret_b.clone(),
-                scopes: vec![],
-            }],
-            max_concurrent_jobs: 2,
-        },
-    );
+    let b = AgentSpec {
+        agent_id: "sec-b".into(),
+        secret: None,
+        controllers: vec![Grant {
+            id: "ops-controller".into(),
+            secret: secret_b.clone(),
+            scopes: vec![],
+        }],
+        max_concurrent_jobs: 2,
+    }
+    .start(root.path());
     let secrets = root.path().join("secrets");
     std::fs::create_dir_all(&secrets).expect("dir");
     let file_a = write_secret(&secrets, "a.secret", &secret_a);
@@ -338,7 +337,7 @@ fn per_agent_secrets_and_controller_ids() {
 #[test]
 fn a_wrong_secret_is_reported_as_such() {
     let root = tempdir();
-    let agent = Agent::start(root.path(), &AgentSpec::new("strict", &gen_key()));
+    let agent = AgentSpec::new("strict", &gen_key()).start(root.path());
     let controller = Controller::new(root.path(), &gen_key(), &[Entry::of(&agent)]);
     let output = controller.run(&["run", "--agent", "strict", "--", "echo never"]);
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
@@ -370,8 +369,8 @@ fn sigint_cancels_the_remote_jobs() {
 
     let root = tempdir();
     let secret = gen_key();
-    let a = Agent::start(root.path(), &AgentSpec::new("int-a", &secret));
-    let b = Agent::start(root.path(), &AgentSpec::new("int-b", &secret));
+    let a = AgentSpec::new("int-a", &secret).start(root.path());
+    let b = AgentSpec::new("int-b", &secret).start(root.path());
     let controller = Controller::new(root.path(), &secret, &[Entry::of(&a), Entry::of(&b)]);
     let mut command = controller.command();
     command
@@ -448,8 +447,8 @@ fn sigint_cancels_the_remote_jobs() {
 fn a_stream_cut_mid_job_still_delivers_every_line() {
     let root = tempdir();
     let secret = gen_key();
-    let agent = Agent::start(root.path(), &AgentSpec::new("cut", &secret));
-    let proxy = CutProxy::start(agent.port);
+    let agent = AgentSpec::new("cut", &secret).start(root.path());
+    let proxy = CutProxy::start(agent.port());
     let proxied_url = format!("https://127.0.0.1:{}", proxy.port);
     let controller = Controller::new(
         root.path(),
@@ -506,7 +505,7 @@ fn a_stream_cut_mid_job_still_delivers_every_line() {
 fn history_rows_match_what_ran() {
     let root = tempdir();
     let secret = gen_key();
-    let agent = Agent::start(root.path(), &AgentSpec::new("hist", &secret));
+    let agent = AgentSpec::new("hist", &secret).start(root.path());
     let controller = Controller::new(root.path(), &secret, &[Entry::of(&agent)]);
 
     let first = controller.run(&[
@@ -538,7 +537,7 @@ fn history_rows_match_what_ran() {
         assert_eq!(row["agent"], "hist");
         assert_eq!(
             row["agent_url"],
-            format!("{}/", agent.url.trim_end_matches('/'))
+            format!("{}/", agent.base.trim_end_matches('/'))
         );
         assert_eq!(row["controller_id"], CONTROLLER);
         assert_eq!(row["user"], "e2e-tester");
@@ -592,7 +591,7 @@ fn history_rows_match_what_ran() {
 fn submit_status_logs_and_cancel() {
     let root = tempdir();
     let secret = gen_key();
-    let agent = Agent::start(root.path(), &AgentSpec::new("ops", &secret));
+    let agent = AgentSpec::new("ops", &secret).start(root.path());
     let controller = Controller::new(root.path(), &secret, &[Entry::of(&agent)]);
 
     let submitted = controller.run(&[
@@ -665,8 +664,8 @@ fn submit_status_logs_and_cancel() {
 fn json_output_is_one_object_per_host() {
     let root = tempdir();
     let secret = gen_key();
-    let a = Agent::start(root.path(), &AgentSpec::new("json-a", &secret));
-    let b = Agent::start(root.path(), &AgentSpec::new("json-b", &secret));
+    let a = AgentSpec::new("json-a", &secret).start(root.path());
+    let b = AgentSpec::new("json-b", &secret).start(root.path());
     let controller = Controller::new(root.path(), &secret, &[Entry::of(&a), Entry::of(&b)]);
     let output = controller.run(&[
         "run",
@@ -756,14 +755,14 @@ fn usage_and_config_errors_exit_2() {
 fn insecure_warns_every_time_and_pinning_refuses_a_stranger() {
     let root = tempdir();
     let secret = gen_key();
-    let agent = Agent::start(root.path(), &AgentSpec::new("pin", &secret));
-    let stranger = Agent::start(root.path(), &AgentSpec::new("stranger", &secret));
+    let agent = AgentSpec::new("pin", &secret).start(root.path());
+    let stranger = AgentSpec::new("stranger", &secret).start(root.path());
     // The inventory pins `pin`'s certificate, but the URL leads to `stranger`.
     let controller = Controller::new(
         root.path(),
         &secret,
         &[Entry {
-            url: &stranger.url,
+            url: &stranger.base,
             ..Entry::of(&agent)
         }],
     );
