@@ -7,27 +7,27 @@
 //! per role. The role modules add their methods to `TestAgent` in their own `impl` blocks; the
 //! central type never imports them back (linkerd2-proxy's harness is laid out the same way).
 //!
-//! - [`process`]: finds the binaries cargo built ([`agent_bin`], [`quickcmd_bin`]); starts,
+//! - [`process`] — finds the binaries cargo built ([`agent_bin`], [`quickcmd_bin`]); starts,
 //!   restarts, signals and kills a [`TestAgent`]; waits for log lines; copies child streams
 //!   ([`run_bounded`]); polls for a condition ([`eventually`]). Dropping a `TestAgent` stops
 //!   it (SIGTERM, then SIGKILL) and removes any sandbox labelled with its agent id.
-//! - [`tls`]: one self-signed certificate per test process and the reqwest / rustls clients
+//! - [`tls`] — one self-signed certificate per test process and the reqwest / rustls clients
 //!   whose only trust anchor is that certificate; [`TlsFiles`] for agents started on a
 //!   certificate made elsewhere (`quickcmd agent gen-cert`).
-//! - [`docker`]: [`ensure_docker`] (fails, never skips; builds the sandbox image if absent)
+//! - [`docker`] — [`ensure_docker`] (fails, never skips; builds the sandbox image if absent)
 //!   and [`containers`] (ids of containers matching a label filter).
-//! - [`http`]: payloads and signed bodies, `POST /api/v1/jobs`, signed reads, polling a job to
+//! - [`http`] — payloads and signed bodies, `POST /api/v1/jobs`, signed reads, polling a job to
 //!   a state, `/metrics`; [`Reply`] keeps an answer as text with `assert_error` /
 //!   `assert_accepted`.
-//! - [`ws`]: WebSocket subscribe (signed or with any `Authorization`), [`next_frame`],
+//! - [`ws`] — WebSocket subscribe (signed or with any `Authorization`), [`next_frame`],
 //!   [`read_to_close`] and the [`Transcript`] of what a subscriber saw.
-//! - [`audit`]: audit rows through `quickcmd-agent audit list --json`, the refusal row
+//! - [`audit`] — audit rows through `quickcmd-agent audit list --json`, the refusal row
 //!   assertion, `audit verify`.
-//! - [`config`]: the agent's YAML config as a builder ([`Config`]) and the secrets the kit
+//! - [`config`] — the agent's YAML config as a builder ([`Config`]) and the secrets the kit
 //!   gives controllers.
-//! - [`controller`]: the controller's world for end-to-end tests — an [`AgentSpec`] started
+//! - [`controller`] — the controller's world for end-to-end tests — an [`AgentSpec`] started
 //!   on a `gen-cert` certificate, a [`Controller`] config and inventory, output helpers.
-//! - [`proxy`]: [`CutProxy`], a loopback TCP proxy whose live connections can be cut.
+//! - [`proxy`] — [`CutProxy`], a loopback TCP proxy whose live connections can be cut.
 //!
 //! Nothing waits for a fixed time to pass before asserting: waits poll for a state and only
 //! give up after [`PATIENCE`], with the agent's log in the panic message. Async tests run on
