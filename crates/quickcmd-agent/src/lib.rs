@@ -5,6 +5,7 @@ pub mod api;
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod jobs;
 pub mod metrics;
 pub mod privileges;

@@ -66,6 +66,11 @@ pub struct Metrics {
     jobs_rejected: AtomicU64,
     queue_depth: AtomicI64,
     ws_subscribers: AtomicI64,
+    connections_open: AtomicI64,
+    connections_refused: AtomicU64,
+    health_checks: AtomicU64,
+    /// Connections closed by a timeout: header, body, idle; and WebSocket sends.
+    timeouts: Mutex<BTreeMap<&'static str, u64>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     job_duration: Histogram,
     sandbox_start: Histogram,
@@ -81,6 +86,10 @@ impl Default for Metrics {
             jobs_rejected: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
             ws_subscribers: AtomicI64::new(0),
+            connections_open: AtomicI64::new(0),
+            connections_refused: AtomicU64::new(0),
+            health_checks: AtomicU64::new(0),
+            timeouts: Mutex::new(BTreeMap::new()),
             rejections: Mutex::new(BTreeMap::new()),
             job_duration: Histogram::new(&DURATION_BUCKETS),
             sandbox_start: Histogram::new(&START_BUCKETS),
@@ -125,6 +134,24 @@ impl Metrics {
     }
     pub fn subscriber_left(&self) {
         self.ws_subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A connection (`header`, `body`, `idle`) or a WebSocket (`stream_send`) timed out.
+    pub fn connection_timed_out(&self, reason: &'static str) {
+        let mut map = self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(reason).or_insert(0) += 1;
+    }
+    /// `/health` ran its checks (not answered from the cache).
+    pub fn health_checked(&self) {
+        self.health_checks.fetch_add(1, Ordering::Relaxed);
     }
     pub fn running(&self) -> u64 {
         self.jobs_running.load(Ordering::Relaxed).max(0) as u64
@@ -176,6 +203,24 @@ impl Metrics {
                 "Open log-stream WebSocket subscribers",
                 self.ws_subscribers.load(Ordering::Relaxed),
             ),
+            (
+                "quickcmd_agent_connections_open",
+                "gauge",
+                "Open client connections, WebSockets included",
+                self.connections_open.load(Ordering::Relaxed),
+            ),
+            (
+                "quickcmd_agent_connections_refused_total",
+                "counter",
+                "Connections closed at once because max_connections were open",
+                self.connections_refused.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "quickcmd_agent_health_checks_total",
+                "counter",
+                "Docker and database checks run for /health (answers in between are cached)",
+                self.health_checks.load(Ordering::Relaxed) as i64,
+            ),
         ];
         for (name, kind, help, value) in simple {
             let _ = writeln!(
@@ -191,6 +236,16 @@ impl Metrics {
         let map = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
         for (code, count) in map.iter() {
             let _ = writeln!(out, "{name}{{code=\"{code}\"}} {count}");
+        }
+        drop(map);
+        let name = "quickcmd_agent_connections_timed_out_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections and WebSockets closed by a timeout, by what timed out\n# TYPE {name} counter"
+        );
+        let map = self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
+        for (reason, count) in map.iter() {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
         }
         drop(map);
         self.job_duration.render(

@@ -7,19 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use quickcmd_protocol::types::reason;
 use quickcmd_sandbox::DockerSandbox;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use crate::audit::{AuditEvent, AuditKind, AuditLog};
 use crate::config::AgentConfig;
+use crate::connection::{self, ConnectionCap, Counted};
 use crate::state::Agent;
 use crate::store::Store;
 use crate::tls::{self, ReloadableCert};
@@ -107,6 +104,11 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let purge = tokio::spawn(purge_loop(agent.clone()));
     let graceful = GracefulShutdown::new();
     let app = api::router(agent.clone());
+    // The cap is fixed at start; a reload that changes it is warned about.
+    let cap_size = agent.config().connections.max_connections;
+    let cap = ConnectionCap::new(cap_size, agent.clone());
+    let mut refused_since_log: u64 = 0;
+    let mut last_refusal_log: Option<tokio::time::Instant> = None;
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -132,16 +134,25 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                         continue;
                     }
                 };
+                let Some(slot) = cap.admit() else {
+                    // Closing at once frees the socket; the peer sees its connection end.
+                    drop(tcp);
+                    refused_since_log += 1;
+                    if last_refusal_log.is_none_or(|at: tokio::time::Instant| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(%remote, refused = refused_since_log, max_connections = cap_size, "connection refused: max_connections are open");
+                        last_refusal_log = Some(tokio::time::Instant::now());
+                        refused_since_log = 0;
+                    }
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
-                let service = app.clone().map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(remote));
-                    request
-                });
-                let service = hyper_util::service::TowerToHyperService::new(service);
+                let tcp = Counted::new(tcp, slot);
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
+                let app = app.clone();
+                let agent = agent.clone();
                 tokio::spawn(async move {
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let limits = agent.config().connections;
                     match acceptor {
                         Some(acceptor) => {
                             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -152,13 +163,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                                 }
                                 Err(_) => return,
                             };
-                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                            let _ = watcher.watch(connection).await;
+                            connection::serve(tls, app, remote, limits, watcher, agent).await;
                         }
-                        None => {
-                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-                            let _ = watcher.watch(connection).await;
-                        }
+                        None => connection::serve(tcp, app, remote, limits, watcher, agent).await,
                     }
                 });
             }
@@ -213,8 +220,9 @@ fn reload(agent: &Agent, resolver: Option<&ReloadableCert>) {
     if new.listen != current.listen
         || new.data_dir != current.data_dir
         || new.audit_db_path != current.audit_db_path
+        || new.connections.max_connections != current.connections.max_connections
     {
-        tracing::warn!("port, bind_address, data_dir and audit_db_path changes take effect only after a restart");
+        tracing::warn!("port, bind_address, data_dir, audit_db_path and max_connections changes take effect only after a restart");
     }
     match (&new.tls, resolver) {
         (Some(files), Some(resolver)) => match tls::load_certified_key(files) {

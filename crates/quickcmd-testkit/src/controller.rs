@@ -204,6 +204,9 @@ impl Controller {
 pub fn write_secret(dir: &Path, name: &str, secret: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, format!("{secret}\n")).expect("write secret");
+    // Secret files are owner-only, as the agent demands of its own.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod secret");
     path
 }
 

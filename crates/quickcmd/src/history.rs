@@ -321,7 +321,7 @@ fn row_from_sql(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
 }
 
 fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let open_error = |message: String| HistoryError::Open {
         path: path.to_path_buf(),
         message,
@@ -339,10 +339,22 @@ fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
         path: path.to_path_buf(),
         source,
     };
-    let connection = Connection::open(path).map_err(sql)?;
-    // Commands and their output hashes are nobody else's business.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    // Commands and their output hashes are nobody else's business: the file is created
+    // owner-only before SQLite opens it (SQLite gives its WAL and shared-memory files the
+    // same mode), so it is never readable by others, not even for an instant; an older,
+    // looser file is tightened.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| open_error(format!("cannot create: {e}")))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| open_error(format!("cannot restrict permissions: {e}")))?;
+    drop(file);
+    let connection = Connection::open(path).map_err(sql)?;
     connection
         .busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql)?;
@@ -412,6 +424,26 @@ mod tests {
             prompt: "say hi".into(),
             payload_sha256: "ab".into(),
             signature: "cd".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn history_files_are_owner_only_also_when_an_older_file_was_looser() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.db");
+        std::fs::write(&path, b"").expect("an empty older file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let history = History::open(&path).await.expect("open");
+        history
+            .record_submission(run("j1", "a"))
+            .await
+            .expect("insert");
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        for file in [path.clone(), wal.into()] {
+            let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
         }
     }
 

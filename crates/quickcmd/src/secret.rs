@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
+use zeroize::Zeroizing;
 
 /// Environment variable that may hold the controller's default secret.
 pub const SECRET_ENV: &str = "QUICKCMD_HMAC_SECRET";
@@ -40,10 +41,14 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
             size: metadata.len(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // The file's text (the secret with its newline) is wiped when this returns.
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+        );
     Secret::from_text(&text).ok_or_else(|| SecretError::EmptyFile {
         path: path.to_path_buf(),
     })
@@ -52,18 +57,21 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
 /// The secret in `QUICKCMD_HMAC_SECRET`, if that variable is set.
 pub fn secret_from_env() -> Result<Option<Secret>, SecretError> {
     match std::env::var(SECRET_ENV) {
-        Ok(text) => Secret::from_text(&text)
-            .map(Some)
-            .ok_or(SecretError::EmptyEnv),
+        Ok(text) => {
+            let text = Zeroizing::new(text);
+            Secret::from_text(&text)
+                .map(Some)
+                .ok_or(SecretError::EmptyEnv)
+        }
         Err(_) => Ok(None),
     }
 }
 
 /// A new random 32-byte secret as 64 lowercase hex characters (`quickcmd agent gen-key`).
 pub fn generate_key() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+    hex::encode(bytes.as_ref())
 }
 
 #[cfg(test)]

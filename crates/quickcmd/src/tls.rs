@@ -115,9 +115,11 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
 }
 
 /// Pinned: accepts a server whose end-entity certificate is byte-for-byte one of the
-/// pinned certificates (a self-signed agent certificate is its own anchor, whatever name
-/// we dialled); otherwise verifies the chain against the pinned certificates as roots,
-/// name included. `--insecure`: any certificate. Handshake signatures are always verified.
+/// pinned certificates (a self-signed agent certificate is its own anchor) and names the
+/// host we dialled; otherwise verifies the chain against the pinned certificates as roots,
+/// name included. The name check binds a pin to its agent entry: with one `ca_cert` bundle
+/// of several agents' certificates, agent A's certificate must not answer for agent B's
+/// URL. `--insecure`: any certificate. Handshake signatures are always verified.
 #[derive(Debug)]
 struct AgentCertVerifier {
     accept_any: bool,
@@ -170,12 +172,16 @@ impl ServerCertVerifier for AgentCertVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.accept_any
-            || self
-                .pinned
-                .iter()
-                .any(|pinned| pinned.as_ref() == end_entity.as_ref())
+        if self.accept_any {
+            return Ok(ServerCertVerified::assertion());
+        }
+        if self
+            .pinned
+            .iter()
+            .any(|pinned| pinned.as_ref() == end_entity.as_ref())
         {
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_name(&parsed, server_name)?;
             return Ok(ServerCertVerified::assertion());
         }
         match &self.chain_verifier {
@@ -392,6 +398,47 @@ mod tests {
         assert!(is_dns_name("*.example.com"));
         assert!(!is_dns_name("-a.example"));
         assert!(!is_dns_name("a..b"));
+    }
+
+    /// Two agents' self-signed certificates in one pinned bundle: each is accepted for its
+    /// own name only, so one agent cannot answer for the other.
+    #[test]
+    fn a_pinned_certificate_answers_only_for_its_own_names() {
+        let der = |generated: &GeneratedCert| {
+            rustls_pemfile::certs(&mut generated.cert_pem.as_bytes())
+                .next()
+                .expect("one certificate")
+                .expect("pem")
+        };
+        let a = der(&generate_cert(&["agent-a.example".into()], 1).expect("cert a"));
+        let b =
+            der(&generate_cert(&["agent-b.example".into(), "10.0.0.2".into()], 1).expect("cert b"));
+        let verifier =
+            AgentCertVerifier::pinned(vec![a.clone(), b.clone()], provider()).expect("verifier");
+        let check = |cert: &CertificateDer<'static>, name: &str| {
+            let name = ServerName::try_from(name.to_string()).expect("name");
+            verifier.verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+        };
+        assert!(check(&a, "agent-a.example").is_ok());
+        assert!(check(&b, "agent-b.example").is_ok());
+        assert!(check(&b, "10.0.0.2").is_ok());
+        for (cert, name) in [
+            (&a, "agent-b.example"),
+            (&b, "agent-a.example"),
+            (&a, "10.0.0.2"),
+        ] {
+            let refused = check(cert, name).expect_err("a pinned certificate for another name");
+            assert!(
+                matches!(
+                    refused,
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                        | rustls::Error::InvalidCertificate(
+                            rustls::CertificateError::NotValidForNameContext { .. }
+                        )
+                ),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,13 @@
-//! `GET /health` and `GET /metrics`: no auth, cheap, bounded.
+//! `GET /health` and `GET /metrics`: no auth, cheap, bounded. The health checks (a Docker
+//! ping and both database locks) run at most once per [`HEALTH_CACHE_FOR`]; callers in
+//! between, and callers waiting while a check runs, share its result.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,8 +19,57 @@ use crate::clock;
 use crate::state::Agent;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one check's result answers `/health`.
+pub(super) const HEALTH_CACHE_FOR: Duration = Duration::from_secs(1);
 
-pub(super) async fn health(State(agent): State<Arc<Agent>>) -> Response {
+/// The last check and when it finished.
+#[derive(Default)]
+pub(super) struct HealthCache {
+    last: Mutex<Option<(Instant, Checked)>>,
+}
+
+#[derive(Clone)]
+struct Checked {
+    healthy: bool,
+    checks: BTreeMap<String, String>,
+}
+
+impl HealthCache {
+    /// A result at most [`HEALTH_CACHE_FOR`] old; one caller runs the check while the
+    /// others wait for its result.
+    async fn get(&self, agent: &Agent) -> Checked {
+        let mut last = self.last.lock().await;
+        if let Some((at, checked)) = last.as_ref() {
+            if at.elapsed() < HEALTH_CACHE_FOR {
+                return checked.clone();
+            }
+        }
+        agent.metrics.health_checked();
+        let checked = run_checks(agent).await;
+        *last = Some((Instant::now(), checked.clone()));
+        checked
+    }
+}
+
+pub(super) async fn health(agent: Arc<Agent>, cache: Arc<HealthCache>) -> Response {
+    let Checked { healthy, checks } = cache.get(&agent).await;
+    let body = Health {
+        status: if healthy { "healthy" } else { "unhealthy" }.to_string(),
+        timestamp: clock::now_unix(),
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        agent_id: Some(agent.config().agent_id.clone()),
+        running_jobs: Some(agent.metrics.running()),
+        checks: Some(checks),
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn run_checks(agent: &Agent) -> Checked {
     let mut checks = BTreeMap::new();
     let mut healthy = true;
     let docker = tokio::time::timeout(CHECK_TIMEOUT, agent.sandbox.ping()).await;
@@ -33,20 +87,7 @@ pub(super) async fn health(State(agent): State<Arc<Agent>>) -> Response {
     };
     healthy &= database == "ok";
     checks.insert("database".to_string(), database);
-    let body = Health {
-        status: if healthy { "healthy" } else { "unhealthy" }.to_string(),
-        timestamp: clock::now_unix(),
-        version: Some(env!("CARGO_PKG_VERSION").to_string()),
-        agent_id: Some(agent.config().agent_id.clone()),
-        running_jobs: Some(agent.metrics.running()),
-        checks: Some(checks),
-    };
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    Checked { healthy, checks }
 }
 
 pub(super) async fn metrics(State(agent): State<Arc<Agent>>) -> Response {

@@ -8,6 +8,7 @@ mod submit;
 
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,11 +19,15 @@ use crate::state::Agent;
 
 /// Builds the router over the shared agent state.
 pub fn router(agent: Arc<Agent>) -> Router {
+    let health_cache = Arc::new(health::HealthCache::default());
     Router::new()
         .route("/api/v1/jobs", post(submit::submit).get(jobs::list))
         .route("/api/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/api/v1/stream/{id}", get(stream::stream))
-        .route("/health", get(health::health))
+        .route(
+            "/health",
+            get(move |State(agent): State<Arc<Agent>>| health::health(agent, health_cache.clone())),
+        )
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -8,7 +8,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use quickcmd_protocol::{ErrorCode, JobStatus, LogFrame, StreamName};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -19,8 +19,51 @@ use crate::jobs::LiveJob;
 use crate::state::Agent;
 use crate::stream::final_frame;
 
-/// Close code for a subscriber that fell too far behind (policy violation).
+/// Close code for a subscriber that fell too far behind or stopped reading (policy
+/// violation).
 const CLOSE_LAGGED: u16 = 1008;
+/// A subscriber only ever sends control frames (ping, pong, close): anything bigger is
+/// refused by the WebSocket layer, which ends the stream.
+const MAX_CLIENT_MESSAGE_BYTES: usize = 4 * 1024;
+/// Output buffered for one subscriber beyond the socket; past it a send waits (and then
+/// times out) instead of growing memory.
+const MAX_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+/// How long the 1008 close may take to go out to a subscriber that stopped reading.
+const CLOSE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why a send to a subscriber ended the stream.
+enum SendFailed {
+    /// The socket is gone.
+    Closed,
+    /// The subscriber did not take the frame within `stream_send_timeout_seconds`.
+    TimedOut,
+}
+
+/// Sends one message, giving up on a subscriber that does not take it in time (a client
+/// that never reads must not hold this task and its buffers forever).
+async fn send_timed<S>(agent: &Agent, sink: &mut S, message: Message) -> Result<(), SendFailed>
+where
+    S: Sink<Message> + Unpin,
+{
+    let limit = agent.config().connections.stream_send_timeout;
+    match tokio::time::timeout(limit, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(SendFailed::Closed),
+        Err(_) => {
+            agent.metrics.connection_timed_out("stream_send");
+            tracing::info!(
+                timeout_seconds = limit.as_secs(),
+                "WebSocket subscriber did not read in time; closing it (1008)"
+            );
+            let close = Message::Close(Some(CloseFrame {
+                code: CLOSE_LAGGED,
+                reason: "subscriber did not read in time; reconnect with ?since=<last seq>".into(),
+            }));
+            let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(close)).await;
+            Err(SendFailed::TimedOut)
+        }
+    }
+}
 
 pub(super) async fn stream(
     State(agent): State<Arc<Agent>>,
@@ -56,10 +99,14 @@ pub(super) async fn stream(
     let job = visible_job(&agent, &reader, &job_id).await?;
     let live = agent.jobs.live(&job_id);
     let status: JobStatus = job.status;
+    let upgrade = upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
+        .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES);
     Ok(upgrade.on_upgrade(move |socket| async move {
         agent.metrics.subscriber_joined();
         match live {
-            Some(live) => follow_live(socket, live, since).await,
+            Some(live) => follow_live(&agent, socket, live, since).await,
             None => {
                 replay_stored(
                     &agent,
@@ -81,32 +128,42 @@ fn text(frame: &LogFrame) -> Message {
     Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
 }
 
+/// Sends a close frame and closes, giving a subscriber that does not read a short while.
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
-    let _ = socket.close().await;
+    let message = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, async {
+        let _ = socket.send(message).await;
+        let _ = socket.close().await;
+    })
+    .await;
 }
 
-async fn follow_live(socket: WebSocket, live: Arc<LiveJob>, since: u64) {
+/// The normal end of a stream: close 1000 after the final frame.
+async fn close_ended<S>(sink: &mut S)
+where
+    S: Sink<Message> + Unpin,
+{
+    let message = Message::Close(Some(CloseFrame {
+        code: 1000,
+        reason: "job ended".into(),
+    }));
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(message)).await;
+}
+
+async fn follow_live(agent: &Agent, socket: WebSocket, live: Arc<LiveJob>, since: u64) {
     let subscription = live.stream.subscribe(since);
     let (mut sink, mut incoming) = socket.split();
     let mut last_sent = since;
     for frame in &subscription.replay {
-        if sink.send(text(frame)).await.is_err() {
+        if send_timed(agent, &mut sink, text(frame)).await.is_err() {
             return;
         }
         last_sent = frame.seq;
         if frame.is_final {
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1000,
-                    reason: "job ended".into(),
-                })))
-                .await;
+            close_ended(&mut sink).await;
             return;
         }
     }
@@ -119,18 +176,19 @@ async fn follow_live(socket: WebSocket, live: Arc<LiveJob>, since: u64) {
                     if frame.seq <= skip_up_to || frame.seq <= last_sent {
                         continue;
                     }
-                    if sink.send(text(&frame)).await.is_err() {
+                    if send_timed(agent, &mut sink, text(&frame)).await.is_err() {
                         return;
                     }
                     last_sent = frame.seq;
                     if frame.is_final {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1000, reason: "job ended".into() }))).await;
+                        close_ended(&mut sink).await;
                         return;
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
                     let reason = "subscriber fell behind; reconnect with ?since=<last seq>";
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CLOSE_LAGGED, reason: reason.into() }))).await;
+                    let message = Message::Close(Some(CloseFrame { code: CLOSE_LAGGED, reason: reason.into() }));
+                    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(message)).await;
                     return;
                 }
                 Err(RecvError::Closed) => return,
@@ -179,7 +237,7 @@ async fn replay_stored(
             status: None,
             exit_code: None,
         };
-        if socket.send(text(&log)).await.is_err() {
+        if send_timed(agent, &mut socket, text(&log)).await.is_err() {
             return;
         }
     }
@@ -189,8 +247,8 @@ async fn replay_stored(
         return close(socket, 1013, "job state is changing; reconnect with since").await;
     }
     let last = final_frame(job_id, last_seq + 1, status, exit_code, ended_ms);
-    if last.seq > since {
-        let _ = socket.send(text(&last)).await;
+    if last.seq > since && send_timed(agent, &mut socket, text(&last)).await.is_err() {
+        return;
     }
     close(socket, 1000, "job ended").await;
 }

@@ -2,6 +2,7 @@
 //! validation into typed values. Defaults live in `raw.rs`; every error names the file,
 //! the key and, where the YAML parser knows it, the line.
 
+mod checks;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use checks::ConnectionLimits;
 pub use raw::RawConfig;
 
 pub use quickcmd_protocol::Secret;
@@ -103,6 +105,8 @@ pub struct AgentConfig {
     pub run_as_group: Option<String>,
     pub shutdown_grace: Duration,
     pub stream_buffer_frames: usize,
+    /// Connection cap and timeouts; the cap takes effect only at start.
+    pub connections: ConnectionLimits,
     /// Problems worth a log line that do not stop the agent (e.g. a world-readable secret).
     pub warnings: Vec<String>,
 }
@@ -201,10 +205,17 @@ impl Validator<'_> {
                 return Err(self.invalid(key, "give the secret inline or as a file, not both"))
             }
             (Some(value), None) => value,
-            (None, Some(file)) => std::fs::read_to_string(&file)
-                .map_err(|e| self.invalid(key, format!("cannot read {}: {e}", file.display())))?
-                .trim()
-                .to_string(),
+            (None, Some(file)) => {
+                let file_key = format!("{key}_file");
+                checks::secret_file_mode(&file)
+                    .map_err(|message| self.invalid(&file_key, message))?;
+                std::fs::read_to_string(&file)
+                    .map_err(|e| {
+                        self.invalid(&file_key, format!("cannot read {}: {e}", file.display()))
+                    })?
+                    .trim()
+                    .to_string()
+            }
             (None, None) => return Ok(None),
         };
         self.check_secret(key, value).map(Some)
@@ -392,17 +403,10 @@ impl Validator<'_> {
         if raw.max_output_bytes < 1024 {
             return Err(self.invalid("max_output_bytes", "must be at least 1024"));
         }
-        let uid_part = raw.sandbox_user.split(':').next().unwrap_or("");
-        let gid_part = raw.sandbox_user.split(':').nth(1).unwrap_or("");
-        if uid_part.is_empty()
-            || ["0", "root"].contains(&uid_part)
-            || ["0", "root"].contains(&gid_part)
-        {
-            return Err(self.invalid(
-                "sandbox_user",
-                "must name a non-root user and group, e.g. \"65534:65534\"",
-            ));
-        }
+        checks::sandbox_user(&raw.sandbox_user)
+            .map_err(|message| self.invalid("sandbox_user", message))?;
+        let connections =
+            checks::connection_limits(&raw).map_err(|(key, message)| self.invalid(key, message))?;
         let mut mounts = Vec::new();
         for (index, mount) in raw.mounts.iter().enumerate() {
             let key = format!("mounts[{index}]");
@@ -484,6 +488,7 @@ impl Validator<'_> {
             run_as_group: raw.run_as_group.clone(),
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
             stream_buffer_frames: raw.stream_buffer_frames,
+            connections,
             warnings: Vec::new(),
         })
     }

@@ -66,6 +66,19 @@ pub struct RawConfig {
     pub shutdown_grace_seconds: u64,
     /// Frames a WebSocket subscriber may fall behind before it is dropped (close 1008).
     pub stream_buffer_frames: usize,
+    /// Open client connections (TLS handshakes and WebSockets included); beyond this a new
+    /// connection is closed at once.
+    pub max_connections: usize,
+    /// Time a client has to send a whole request header (HTTP/1.1, also between keep-alive
+    /// requests); then the connection is closed.
+    pub header_read_timeout_seconds: u64,
+    /// Time a client has to send a whole request body, counted from its header; then the
+    /// connection is closed without an answer.
+    pub body_read_timeout_seconds: u64,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// A WebSocket subscriber that does not take a frame within this time is closed (1008).
+    pub stream_send_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +146,11 @@ impl Default for RawConfig {
             audit_db_path: None,
             shutdown_grace_seconds: 30,
             stream_buffer_frames: 1024,
+            max_connections: 1024,
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 30,
+            idle_timeout_seconds: 60,
+            stream_send_timeout_seconds: 30,
         }
     }
 }

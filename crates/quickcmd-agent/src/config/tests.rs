@@ -81,6 +81,40 @@ fn bad_configs_name_key_and_line() {
         &["sandbox_user"],
     );
     refused(&(base() + "sandbox_user: \"1000:0\"\n"), &["sandbox_user"]);
+    // Docker reads `00` as uid 0, and a bare uid runs with gid 0.
+    refused(
+        &(base() + "sandbox_user: \"00:00\"\n"),
+        &[
+            "sandbox_user",
+            "line 8",
+            "is 0, which is root",
+            "\"65534:65534\"",
+        ],
+    );
+    refused(
+        &(base() + "sandbox_user: \"1000\"\n"),
+        &["sandbox_user", "no group", "uid:gid"],
+    );
+    refused(
+        &(base() + "sandbox_user: \"1000:root\"\n"),
+        &["sandbox_user", "not a number"],
+    );
+    refused(
+        &(base() + "sandbox_user: \"0:1000\"\n"),
+        &["sandbox_user", "root"],
+    );
+    refused(
+        &(base() + "max_connections: 1\n"),
+        &["max_connections", "at least 2"],
+    );
+    refused(
+        &(base() + "header_read_timeout_seconds: 0\n"),
+        &["header_read_timeout_seconds", "between 1 and 86400"],
+    );
+    refused(
+        &(base() + "idle_timeout_seconds: 0\n"),
+        &["idle_timeout_seconds"],
+    );
     refused(&(base() + "port: [1]\n"), &["line"]);
     refused(
         &(base() + "controllers:\n  - id: c2\n    hmac_secret: tooshort\n"),
@@ -94,6 +128,7 @@ fn per_controller_secrets_and_env_secret() {
     let other = "b".repeat(40);
     let secret_file = dir.path().join("c2.secret");
     std::fs::write(&secret_file, format!("{other}\n")).unwrap_or_else(|e| panic!("{e}"));
+    set_mode(&secret_file, 0o600);
     let text = format!(
         "bind_address: \"127.0.0.1\"\ninsecure_plain_http: true\nallowed_controllers: [\"c1\"]\nallowed_images: [\"i\"]\ncontrollers:\n  - id: c2\n    hmac_secret_file: {}\n    scopes: [\"sandbox:network\"]\n",
         secret_file.display()
@@ -126,4 +161,79 @@ fn world_readable_secret_is_warned_about() {
     let config = AgentConfig::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
     assert!(config.warnings[0].contains("chmod 600"));
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn connection_limits_have_defaults_and_keys() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = write(&dir, &base());
+    let config = AgentConfig::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.connections.max_connections, 1024);
+    assert_eq!(
+        config.connections.header_read_timeout,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        config.connections.body_read_timeout,
+        Duration::from_secs(30)
+    );
+    assert_eq!(config.connections.idle_timeout, Duration::from_secs(60));
+    assert_eq!(
+        config.connections.stream_send_timeout,
+        Duration::from_secs(30)
+    );
+    let text = base()
+        + "max_connections: 7\nheader_read_timeout_seconds: 2\nbody_read_timeout_seconds: 3\nidle_timeout_seconds: 4\nstream_send_timeout_seconds: 5\n";
+    let path = write(&dir, &text);
+    let config = AgentConfig::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.connections,
+        ConnectionLimits {
+            max_connections: 7,
+            header_read_timeout: Duration::from_secs(2),
+            body_read_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(4),
+            stream_send_timeout: Duration::from_secs(5),
+        }
+    );
+}
+
+#[test]
+fn secret_file_readable_by_others_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secret_file = dir.path().join("hmac.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let text = base().replace(
+        &format!("hmac_secret: \"{SECRET}\""),
+        &format!("hmac_secret_file: {}", secret_file.display()),
+    );
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        set_mode(&secret_file, mode);
+        let fix = format!("chmod 600 {}", secret_file.display());
+        refused(
+            &text,
+            &["hmac_secret_file", "line 4", &fix, "group or others"],
+        );
+    }
+    set_mode(&secret_file, 0o600);
+    let path = write(&dir, &text);
+    let config = AgentConfig::load(&path, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.controllers["controller-1"].secret.as_bytes(),
+        SECRET.as_bytes()
+    );
+    // A per-controller secret file is held to the same rule.
+    set_mode(&secret_file, 0o644);
+    let text = base()
+        + &format!(
+            "controllers:\n  - id: c2\n    hmac_secret_file: {}\n",
+            secret_file.display()
+        );
+    refused(&text, &["controllers[0].hmac_secret_file", "chmod 600"]);
 }
