@@ -8,11 +8,15 @@ checks against docs/openapi.yaml are not only refusals:
   signed over its method, its decoded path and the current time (the header is time-bound,
   so no static header would do);
 - submissions: a generated body whose `payload` is an object is re-signed over the exact
-  payload bytes sent; for half of them (by job id) the payload is first made current (this
+  payload bytes sent; for every other one the payload is first made current (this
   controller, timestamp now, ttl in five minutes), so that they reach admission, the queue
   and the sandbox;
 - job ids: reads of /api/v1/jobs/{id} ask about one of the seeded jobs (completed, failed,
   rejected, running) as often as about a generated id.
+
+- versions: whatever docs/openapi.yaml marks `x-quickcmd-since: <v>` for a version listed
+  in QUICKCMD_EXCLUDE_SINCE (operations, parameters, properties) is taken out of the
+  description before the run, so that an agent that predates it is held to the API it has.
 
 Run as a script (`python quickcmd_hooks.py seed`) it submits those jobs and waits for them.
 Configuration comes from the environment: QUICKCMD_URL, QUICKCMD_CA, QUICKCMD_CONTROLLER,
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import ssl
@@ -92,6 +97,44 @@ if schemathesis is not None:
         path_regex="^/api/v1/(jobs/|stream/|jobs$|whoami$|audit/)", method=["GET", "DELETE"]
     )
 
+    EXCLUDED_SINCE = set(os.environ.get("QUICKCMD_EXCLUDE_SINCE", "").split())
+
+    def _strip_since(node):
+        """Removes, in place, every operation, parameter and property marked with an
+        excluded `x-quickcmd-since` version."""
+        if isinstance(node, dict):
+            for key in [k for k, v in node.items() if _excluded(v)]:
+                del node[key]
+            if isinstance(node.get("required"), list) and isinstance(node.get("properties"), dict):
+                node["required"] = [n for n in node["required"] if n in node["properties"]]
+            for value in node.values():
+                _strip_since(value)
+        elif isinstance(node, list):
+            node[:] = [item for item in node if not _excluded(item)]
+            for item in node:
+                _strip_since(item)
+
+    EXCLUDED_REFS: set[str] = set()
+
+    def _excluded(node) -> bool:
+        return isinstance(node, dict) and (
+            node.get("x-quickcmd-since") in EXCLUDED_SINCE or node.get("$ref") in EXCLUDED_REFS
+        )
+
+    @schemathesis.hook
+    def before_load_schema(context, raw_schema):
+        components = raw_schema.get("components", {})
+        for group in ("schemas", "parameters", "responses"):
+            for name, component in components.get(group, {}).items():
+                if _excluded(component):
+                    EXCLUDED_REFS.add(f"#/components/{group}/{name}")
+        paths = raw_schema.get("paths", {})
+        _strip_since(paths)
+        _strip_since(components)
+        methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+        for path in [p for p, item in paths.items() if not methods & set(item)]:
+            del paths[path]
+
     SEEDED = _seeded()
 
     @schemathesis.hook
@@ -105,6 +148,8 @@ if schemathesis is not None:
             lambda job_id: {**path_parameters, "id": job_id}
         )
 
+    _SUBMISSIONS = itertools.count()
+
     @schemathesis.hook
     def before_call(context, case, kwargs):
         operation = context.operation
@@ -114,8 +159,7 @@ if schemathesis is not None:
         if not isinstance(body, dict) or not isinstance(body.get("payload"), dict):
             return
         payload = dict(body["payload"])
-        job_id = payload.get("job_id")
-        if isinstance(job_id, str) and hashlib.sha256(job_id.encode()).digest()[0] % 2 == 0:
+        if next(_SUBMISSIONS) % 2 == 0:
             now = int(time.time())
             payload.update(controller_id=CONTROLLER, timestamp=now, ttl=now + 300)
         try:
