@@ -119,7 +119,9 @@ seed_args=()
 [ -z "${SCHEMATHESIS_SEED:-}" ] || seed_args=(--seed "$SCHEMATHESIS_SEED")
 echo "== schemathesis $SCHEMATHESIS_VERSION, $MAX_EXAMPLES examples per operation${EXCLUDE_SINCE:+, leaving out what is new in $EXCLUDE_SINCE}"
 status=0
-SCHEMATHESIS_HOOKS=quickcmd_hooks "$VENV/bin/st" run "$URL/api/v1/openapi.json" \
+mkdir -p "$ROOT/target/schemathesis"
+# From target/schemathesis, so that schemathesis keeps its cache (.schemathesis/) there.
+(cd "$ROOT/target/schemathesis" && SCHEMATHESIS_HOOKS=quickcmd_hooks "$VENV/bin/st" run "$URL/api/v1/openapi.json" \
     --url "$URL" \
     --tls-verify "$DIR/cert.pem" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth \
@@ -128,8 +130,8 @@ SCHEMATHESIS_HOOKS=quickcmd_hooks "$VENV/bin/st" run "$URL/api/v1/openapi.json" 
     --workers 2 \
     --request-timeout 30 \
     --suppress-health-check all \
-    --report junit,har --report-dir "$ROOT/target/schemathesis" \
-    "${seed_args[@]}" ${SCHEMATHESIS_ARGS:-} || status=$?
+    --report junit,har --report-dir . \
+    "${seed_args[@]}" ${SCHEMATHESIS_ARGS:-}) || status=$?
 
 # The agent must still be alive and healthy after the run.
 kill -0 "$AGENT_PID" 2>/dev/null || fail "the agent died during the run"

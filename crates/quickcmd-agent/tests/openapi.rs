@@ -40,7 +40,9 @@ async fn the_agent_serves_docs_openapi_yaml_and_it_covers_every_route() {
         "/api/v1/openapi.json differs from docs/openapi.yaml"
     );
     assert!(
-        served["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        served["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
         "not an OpenAPI 3 document"
     );
 
