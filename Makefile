@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SANDBOX_IMAGE ?= quickcmd-sandbox:latest
 
-.PHONY: all toolchain build-agent build test demo dev-agent install deb test-install bench lint deny fuzz fmt clean
+.PHONY: all toolchain build-agent build test test-api demo dev-agent install deb test-install bench lint deny fuzz fmt clean
 
 all: build
 
@@ -27,6 +27,16 @@ test: toolchain
 	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
 	$(CARGO) build --locked --workspace --bins
 	$(CARGO) test --locked --workspace --no-fail-fast
+	SCHEMATHESIS_MAX_EXAMPLES=$(SCHEMATHESIS_MAX_EXAMPLES) bash tests/api/schemathesis.sh
+
+# The API against docs/openapi.yaml: schemathesis (PyPI, into target/venv-schemathesis)
+# fuzzes a real agent; any 5xx, unlisted status or schema break fails. Longer runs:
+# `make test-api SCHEMATHESIS_MAX_EXAMPLES=500`.
+SCHEMATHESIS_MAX_EXAMPLES ?= 40
+test-api: toolchain
+	bash scripts/ensure-docker.sh
+	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
+	SCHEMATHESIS_MAX_EXAMPLES=$(SCHEMATHESIS_MAX_EXAMPLES) bash tests/api/schemathesis.sh
 
 demo: build
 	bash scripts/ensure-docker.sh

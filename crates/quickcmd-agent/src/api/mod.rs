@@ -3,6 +3,7 @@
 mod auth;
 mod health;
 mod jobs;
+mod openapi;
 mod stream;
 mod submit;
 
@@ -11,24 +12,45 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use quickcmd_protocol::{ErrorBody, ErrorCode};
 
 use crate::state::Agent;
 
-/// Builds the router over the shared agent state.
-pub fn router(agent: Arc<Agent>) -> Router {
-    let health_cache = Arc::new(health::HealthCache::default());
-    Router::new()
-        .route("/api/v1/jobs", post(submit::submit).get(jobs::list))
-        .route("/api/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
-        .route("/api/v1/stream/{id}", get(stream::stream))
-        .route(
+pub use openapi::{openapi_json, OPENAPI_YAML};
+
+/// Every route the agent serves: the one list the router is built from, so that tests can
+/// hold `docs/openapi.yaml` against it.
+fn routes(health_cache: Arc<health::HealthCache>) -> Vec<(&'static str, MethodRouter<Arc<Agent>>)> {
+    vec![
+        ("/api/v1/jobs", post(submit::submit).get(jobs::list)),
+        ("/api/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel)),
+        ("/api/v1/stream/{id}", get(stream::stream)),
+        ("/api/v1/openapi.json", get(openapi::openapi)),
+        (
             "/health",
             get(move |State(agent): State<Arc<Agent>>| health::health(agent, health_cache.clone())),
-        )
-        .route("/metrics", get(health::metrics))
+        ),
+        ("/metrics", get(health::metrics)),
+    ]
+}
+
+/// The paths of every route, in axum's `{param}` syntax (which OpenAPI shares).
+pub fn route_paths() -> Vec<&'static str> {
+    routes(Arc::default())
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// Builds the router over the shared agent state.
+pub fn router(agent: Arc<Agent>) -> Router {
+    routes(Arc::new(health::HealthCache::default()))
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(agent)
