@@ -145,6 +145,9 @@ pub struct ControllerConfig {
     pub ca_cert: Option<PathBuf>,
     pub audit_db_path: Option<PathBuf>,
     pub agents: Vec<InventoryAgent>,
+    /// The line of each file-valued key (`hmac_secret_file`, `agents[0].ca_cert`, …), taken
+    /// from the one read of the file, for messages about files that fail to load later.
+    pub key_lines: BTreeMap<String, usize>,
 }
 
 /// `$XDG_CONFIG_HOME/quickcmd/controller.yaml` (or `~/.config/...`).
@@ -227,6 +230,16 @@ impl ControllerConfig {
         let resolve =
             |p: Option<PathBuf>| p.map(|p| if p.is_absolute() { p } else { base.join(p) });
 
+        let mut key_lines = BTreeMap::new();
+        for (key, value) in [
+            ("hmac_secret_file", &raw.hmac_secret_file),
+            ("ca_cert", &raw.ca_cert),
+            ("audit_db_path", &raw.audit_db_path),
+        ] {
+            if let Some(line) = value.as_ref().and_then(|_| top_level_line(text, key)) {
+                key_lines.insert(key.to_string(), line);
+            }
+        }
         let mut seen_names = BTreeSet::new();
         let mut agents = Vec::with_capacity(raw.agents.len());
         let invalid = |key: String, line: Option<usize>, message: String| ConfigError::Invalid {
@@ -273,6 +286,19 @@ impl ControllerConfig {
                     });
                 }
             }
+            let name_line = line_with_key_and_value(text, "name", &agent.name);
+            for (field, value) in [
+                ("hmac_secret_file", &agent.hmac_secret_file),
+                ("ca_cert", &agent.ca_cert),
+            ] {
+                let line = value
+                    .as_ref()
+                    .and(name_line)
+                    .and_then(|from| line_of_key_from(text, field, from));
+                if let Some(line) = line {
+                    key_lines.insert(format!("agents[{index}].{field}"), line);
+                }
+            }
             agents.push(InventoryAgent {
                 name: agent.name,
                 url,
@@ -290,6 +316,7 @@ impl ControllerConfig {
             ca_cert: resolve(raw.ca_cert),
             audit_db_path: resolve(raw.audit_db_path),
             agents,
+            key_lines,
         })
     }
 
@@ -309,22 +336,35 @@ impl ControllerConfig {
         }
     }
 
-    /// An error about `key` of this config, with the line of its first mention.
-    pub fn invalid(&self, key: &str, line: Option<usize>, message: String) -> ConfigError {
+    /// An error about `key` of this config (a file-valued key that serde accepted but
+    /// whose file fails later, say), at the line the key was read from.
+    pub fn invalid(&self, key: &str, message: String) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.clone().unwrap_or_default(),
             key: key.to_string(),
-            line,
+            line: self.key_lines.get(key).copied(),
             message,
         }
     }
+}
 
-    /// The 1-based line where `needle` occurs in the config file, for messages about values
-    /// that serde accepted but that fail later (a missing secret file, say).
-    pub fn line_of(&self, needle: &str) -> Option<usize> {
-        let text = std::fs::read_to_string(self.path.as_ref()?).ok()?;
-        nth_line_containing(&text, needle, 1)
-    }
+/// The 1-based line where top-level `key:` is set (no indentation).
+fn top_level_line(text: &str, key: &str) -> Option<usize> {
+    let key = format!("{key}:");
+    text.lines()
+        .position(|line| line.starts_with(&key))
+        .map(|index| index + 1)
+}
+
+/// The 1-based line of the first `key:` at or after line `from` (1-based): an agent's
+/// field, searched from the line of its name.
+fn line_of_key_from(text: &str, key: &str, from: usize) -> Option<usize> {
+    let key = format!("{key}:");
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, line)| line.contains(&key))
+        .map(|(index, _)| index + 1)
 }
 
 /// serde_yaml appends " at line L column C"; we print the location up front instead.

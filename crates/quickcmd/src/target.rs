@@ -232,13 +232,7 @@ fn load_secret(
     if let Some(secret) = cache.get(path) {
         return Ok(secret.clone());
     }
-    let secret = read_secret_file(path).map_err(|error| {
-        let needle = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        config.invalid(key, config.line_of(&needle), error.to_string())
-    })?;
+    let secret = read_secret_file(path).map_err(|error| config.invalid(key, error.to_string()))?;
     cache.insert(path.to_path_buf(), secret.clone());
     Ok(secret)
 }
@@ -265,13 +259,7 @@ fn load_pin(
         return Ok(trust.clone());
     }
     let trust = Trust::pinned_from_file(path).map_err(|error| match key {
-        Some(key) => {
-            let needle = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            TargetError::Config(config.invalid(key, config.line_of(&needle), error.to_string()))
-        }
+        Some(key) => TargetError::Config(config.invalid(key, error.to_string())),
         None => TargetError::Tls(error),
     })?;
     cache.insert(path.to_path_buf(), trust.clone());
@@ -451,5 +439,34 @@ mod tests {
         assert!(message.contains("controller.yaml:5:"), "{message}");
         assert!(message.contains("agents[0].hmac_secret_file"), "{message}");
         assert!(message.contains("gone.secret"), "{message}");
+    }
+
+    #[test]
+    fn error_lines_come_from_the_first_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("controller.yaml");
+        let text = "controller_id: ctl\nca_cert: gone-ca.pem\nagents:\n  - name: a\n    url: https://a:1\n  - name: b\n    url: https://b:1\n    hmac_secret_file: gone.secret\n";
+        std::fs::write(&path, text).expect("write");
+        let config = ControllerConfig::load(&path).expect("config");
+        // Gone after the read: the line numbers must not need the file again.
+        std::fs::remove_file(&path).expect("remove");
+        let agents = select_agents(
+            &config,
+            &TargetSelection {
+                agents: vec!["b".into()],
+                ..TargetSelection::default()
+            },
+        )
+        .expect("select");
+        let overrides = Overrides {
+            secret_file: None,
+            ..Overrides::default()
+        };
+        let message = resolve_endpoints(&config, &agents, &overrides)
+            .expect_err("missing file")
+            .to_string();
+        assert!(message.contains("controller.yaml:8:"), "{message}");
+        assert!(message.contains("agents[1].hmac_secret_file"), "{message}");
+        assert_eq!(config.key_lines.get("ca_cert"), Some(&2));
     }
 }

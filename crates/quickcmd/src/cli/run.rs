@@ -9,12 +9,11 @@ use quickcmd_protocol::SandboxRequest;
 
 use super::{failed, usage, CliResult, Context, JobArgs, RunArgs, SubmitArgs, EXIT_INTERRUPTED};
 use crate::client::Client;
-use crate::fanout::{
-    cancel_started, run_all, HostReport, HostStatus, MaxErrors, RunEvent, RunOptions, StartedJobs,
-};
+use crate::fanout::{cancel_started, run_all, MaxErrors, RunOptions, StartedJobs};
 use crate::history::History;
 use crate::job::JobSpec;
 use crate::output::{spawn_printer, PrinterConfig};
+use crate::report::{HostReport, HostStatus, RunEvent};
 
 /// How long Ctrl-C waits for the agents to take the cancels.
 const CANCEL_LIMIT: Duration = Duration::from_secs(10);
@@ -198,19 +197,10 @@ async fn interrupt(
             })
             .await;
         let report = HostReport {
-            agent: client.name().to_string(),
-            url: client.url().to_string(),
             job_id: Some(job.job_id.clone()),
-            status: HostStatus::Cancelled,
-            exit_code: None,
-            duration_ms: None,
             reason: Some("interrupted".into()),
             error,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            stream_reconnects: 0,
+            ..HostReport::new(client, HostStatus::Cancelled)
         };
         let _ = events
             .send(RunEvent::Finished {
