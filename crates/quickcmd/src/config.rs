@@ -11,6 +11,13 @@ use serde::{Deserialize, Deserializer};
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(
+        "config file {} does not exist: create it with `quickcmd config init --config {}`, \
+         or leave out --config and QUICKCMD_CONFIG",
+        path.display(),
+        path.display()
+    )]
+    Missing { path: PathBuf },
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -176,9 +183,17 @@ impl ControllerConfig {
     pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
         // A config file is small; refusing huge ones keeps a wrong path from being slurped.
         const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
-        let metadata = std::fs::metadata(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
+        let metadata = std::fs::metadata(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         if metadata.len() > MAX_CONFIG_BYTES {
             return Err(ConfigError::ParseNoLocation {

@@ -23,12 +23,13 @@ pub mod report;
 pub mod secret;
 pub mod target;
 pub mod tls;
+pub mod units;
 
 pub use client::{AgentEndpoint, Client, ClientError, ClientOptions, LogStream, RetryPolicy};
 pub use config::{ConfigError, ControllerConfig};
 pub use fanout::{MaxErrors, RunOptions};
 pub use history::{History, HistoryRow};
 pub use job::{JobSpec, SignedJob};
-pub use report::{HostReport, HostStatus, RunEvent};
+pub use report::{HostReport, HostStatus, RunEvent, Tally};
 pub use secret::Secret;
 pub use tls::Trust;

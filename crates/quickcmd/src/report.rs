@@ -148,18 +148,70 @@ impl HostReport {
         }
     }
 
-    /// The exit code a single-host run ends with: the job's own (a timeout is 124), 1 when
-    /// the job has none or it is out of range, 130 when cancelled by us.
+    /// The exit code a single-host run ends with, as ssh's: the job's own (a timeout is
+    /// 124), 255 when it could not run (unreachable, TLS, auth, refused, never started),
+    /// 1 for a code out of range, 130 when cancelled by us.
     pub fn single_host_exit_code(&self) -> u8 {
         match (self.status, self.exit_code) {
             (HostStatus::Submitted, _) => 0,
             (HostStatus::Cancelled, _) => 130,
-            (HostStatus::Completed | HostStatus::Failed, Some(code))
-                if (0..=255).contains(&code) =>
-            {
+            (HostStatus::Completed | HostStatus::Failed, Some(code)) => {
                 u8::try_from(code).unwrap_or(1)
             }
-            _ => 1,
+            _ => 255,
+        }
+    }
+
+    /// Which count of the summary this host adds to.
+    pub fn tally(&self) -> Tally {
+        match self.status {
+            _ if self.succeeded() => Tally::Succeeded,
+            HostStatus::Completed | HostStatus::Failed | HostStatus::Error => Tally::Failed,
+            HostStatus::Unreachable => Tally::Unreachable,
+            HostStatus::Refused | HostStatus::Rejected => Tally::Refused,
+            HostStatus::Cancelled => Tally::Cancelled,
+            HostStatus::Skipped => Tally::Skipped,
+            HostStatus::Submitted => Tally::Succeeded,
+        }
+    }
+}
+
+/// The summary's counts: each host is in exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// Ran and exited 0 (or, for `submit`, accepted).
+    Succeeded,
+    /// Ran and failed: non-zero exit, timeout, killed, never started on the agent.
+    Failed,
+    /// Could not be reached: connection refused, TLS, timeout.
+    Unreachable,
+    /// The agent said no: authentication, scopes, image, caps, queue.
+    Refused,
+    /// Cancelled by us: Ctrl-C or `--wait-timeout`.
+    Cancelled,
+    /// Not started, over `--max-errors`.
+    Skipped,
+}
+
+impl Tally {
+    /// In the summary's order.
+    pub const ALL: [Tally; 6] = [
+        Tally::Succeeded,
+        Tally::Failed,
+        Tally::Unreachable,
+        Tally::Refused,
+        Tally::Cancelled,
+        Tally::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tally::Succeeded => "succeeded",
+            Tally::Failed => "failed",
+            Tally::Unreachable => "unreachable",
+            Tally::Refused => "refused",
+            Tally::Cancelled => "cancelled",
+            Tally::Skipped => "skipped",
         }
     }
 }

@@ -28,6 +28,20 @@ pub enum HistoryError {
     Task(String),
 }
 
+/// Every status a history row can hold, for `quickcmd history --status`.
+pub const STATUSES: [&str; 10] = [
+    "submitting",
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "rejected",
+    "refused",
+    "unreachable",
+    "error",
+    "cancelled",
+];
+
 /// A submission about to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRun {
@@ -47,8 +61,9 @@ pub struct NewRun {
 /// What became of a submission.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunOutcome {
-    /// A job status (`pending` … `rejected`) or a controller-side one: `refused` (the agent
-    /// said no), `unreachable`, `cancelled`, `lost` (we stopped knowing).
+    /// One of [`STATUSES`]: a job status (`pending` … `rejected`) or a controller-side one:
+    /// `submitting` (not yet answered), `refused` (the agent said no), `unreachable`,
+    /// `error`, `cancelled`.
     pub status: String,
     pub exit_code: Option<i64>,
     pub reason: Option<String>,

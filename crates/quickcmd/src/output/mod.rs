@@ -12,11 +12,16 @@ use std::thread::JoinHandle;
 use quickcmd_protocol::StreamName;
 use tokio::sync::mpsc;
 
-use crate::report::{HostReport, HostStatus, RunEvent};
+use crate::report::{HostReport, HostStatus, RunEvent, Tally};
 
+mod stdio;
 mod text;
 
-pub use text::{describe, format_duration_ms, summary_table, table, truncate};
+pub(crate) use stdio::{errln, out, outln};
+pub use stdio::{stdout_failed, write_stderr, write_stdout, EXIT_BROKEN_PIPE};
+pub use text::{
+    describe, format_duration_ms, short_time, summary_counts, summary_table, table, truncate,
+};
 use text::{single_host_message, RESET};
 
 /// Text for people or JSON for scripts.
@@ -251,7 +256,7 @@ impl Printer {
         if report.status != HostStatus::Skipped {
             self.running = self.running.saturating_sub(1);
         }
-        if !report.succeeded() {
+        if !matches!(report.tally(), Tally::Succeeded | Tally::Skipped) {
             self.failed += 1;
         }
         if let Some(bar) = &self.bar {

@@ -1,7 +1,7 @@
 //! Text for people: the summary table of a run, plain tables, durations, and the one
 //! phrase that says why a host ended as it did.
 
-use crate::report::{HostReport, HostStatus};
+use crate::report::{HostReport, HostStatus, Tally};
 
 pub(super) const RESET: &str = "\x1b[0m";
 const RED: &str = "\x1b[31m";
@@ -130,20 +130,39 @@ pub fn summary_table(reports: &[HostReport], color: bool) -> String {
             vec![None, None, Some(color), Some(color), None, None]
         })
         .collect();
-    let succeeded = reports.iter().filter(|r| r.succeeded()).count();
     let mut out = String::from("\n");
     out.push_str(&table(
         &["HOST", "JOB", "STATUS", "EXIT", "DURATION", "REASON"],
         &rows,
         color.then_some(colors.as_slice()),
     ));
-    out.push_str(&format!(
-        "{} host(s): {} succeeded, {} failed\n",
-        reports.len(),
-        succeeded,
-        reports.len() - succeeded
-    ));
+    out.push_str(&summary_counts(reports));
+    out.push('\n');
     out
+}
+
+/// `3 host(s): 2 succeeded, 0 failed, 1 unreachable, 0 refused, 0 cancelled, 0 skipped`.
+pub fn summary_counts(reports: &[HostReport]) -> String {
+    let counts: Vec<String> = Tally::ALL
+        .iter()
+        .map(|tally| {
+            let count = reports.iter().filter(|r| r.tally() == *tally).count();
+            format!("{count} {}", tally.as_str())
+        })
+        .collect();
+    format!("{} host(s): {}", reports.len(), counts.join(", "))
+}
+
+/// The one time format of tables (`history`, `list`): an RFC 3339 time as
+/// `2026-01-02 03:04:05` in UTC (headers say "(UTC)"). Text that is not RFC 3339 is shown
+/// as it is.
+pub fn short_time(rfc3339: &str) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::parse(rfc3339, &Rfc3339)
+        .ok()
+        .and_then(|when| when.to_offset(time::UtcOffset::UTC).format(&format).ok())
+        .unwrap_or_else(|| rfc3339.to_string())
 }
 
 /// At most `max` characters, with `…` when cut.
@@ -185,6 +204,19 @@ mod tests {
     }
 
     #[test]
+    fn times_are_shown_in_utc_to_the_second() {
+        for (given, shown) in [
+            ("2026-01-02T03:04:05.123456Z", "2026-01-02 03:04:05"),
+            ("2026-01-02T03:04:05Z", "2026-01-02 03:04:05"),
+            ("2026-01-02T05:04:05+02:00", "2026-01-02 03:04:05"),
+            ("yesterday", "yesterday"),
+            ("", ""),
+        ] {
+            assert_eq!(short_time(given), shown, "{given}");
+        }
+    }
+
+    #[test]
     fn durations() {
         for (ms, text) in [
             (0, "0ms"),
@@ -222,7 +254,10 @@ mod tests {
             lines[3],
             "long-name  j    unreachable  -     -         connection refused"
         );
-        assert_eq!(lines[4], "2 host(s): 1 succeeded, 1 failed");
+        assert_eq!(
+            lines[4],
+            "2 host(s): 1 succeeded, 0 failed, 1 unreachable, 0 refused, 0 cancelled, 0 skipped"
+        );
     }
 
     #[test]
