@@ -8,6 +8,7 @@ mod config;
 mod jobs;
 mod misc;
 mod run;
+mod values;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

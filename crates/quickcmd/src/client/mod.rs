@@ -369,28 +369,9 @@ impl Client {
         }
     }
 
-    /// Adds what to do to a TLS error the operator can fix: an agent certificate no trusted
-    /// authority signed.
+    /// `error`, with what to do when it is a TLS error the operator can fix.
     pub(crate) fn explain(&self, error: ClientError) -> ClientError {
-        match error {
-            ClientError::Tls { message } if message.contains("UnknownIssuer") => {
-                let hint = match &self.inner.endpoint.trust {
-                    Trust::Pinned { source, .. } => format!(
-                        "the agent's certificate is not among those pinned in {}: is this \
-                         the right agent, or was its certificate replaced?",
-                        source.display()
-                    ),
-                    _ => "no trusted authority signed the agent's certificate: pin it with \
-                          --ca-cert FILE (or ca_cert: in controller.yaml), e.g. the \
-                          agent-cert.pem that `quickcmd agent gen-cert` wrote"
-                        .to_string(),
-                };
-                ClientError::Tls {
-                    message: format!("{message} - {hint}"),
-                }
-            }
-            other => other,
-        }
+        error.with_trust_hint(&self.inner.endpoint.trust)
     }
 
     /// The `Authorization` value for a read of `path` (no query), signed now.

@@ -8,6 +8,13 @@ use std::path::{Path, PathBuf};
 use reqwest::Url;
 use serde::{Deserialize, Deserializer};
 
+mod lines;
+
+use lines::{
+    line_of_key_from, line_with_key_and_value, nth_line_containing, nth_line_with_key_and_value,
+    strip_location, top_level_line,
+};
+
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -361,57 +368,6 @@ impl ControllerConfig {
             message,
         }
     }
-}
-
-/// The 1-based line where top-level `key:` is set (no indentation).
-fn top_level_line(text: &str, key: &str) -> Option<usize> {
-    let key = format!("{key}:");
-    text.lines()
-        .position(|line| line.starts_with(&key))
-        .map(|index| index + 1)
-}
-
-/// The 1-based line of the first `key:` at or after line `from` (1-based): an agent's
-/// field, searched from the line of its name.
-fn line_of_key_from(text: &str, key: &str, from: usize) -> Option<usize> {
-    let key = format!("{key}:");
-    text.lines()
-        .enumerate()
-        .skip(from.saturating_sub(1))
-        .find(|(_, line)| line.contains(&key))
-        .map(|(index, _)| index + 1)
-}
-
-/// serde_yaml appends " at line L column C"; we print the location up front instead.
-fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(index) => message[..index].to_string(),
-        None => message.to_string(),
-    }
-}
-
-/// The 1-based line of the first line that holds both `key:` and `value`.
-fn line_with_key_and_value(text: &str, key: &str, value: &str) -> Option<usize> {
-    nth_line_with_key_and_value(text, key, value, 1)
-}
-
-/// The 1-based line of the `n`th line that holds both `key:` and `value`.
-fn nth_line_with_key_and_value(text: &str, key: &str, value: &str, n: usize) -> Option<usize> {
-    let key = format!("{key}:");
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| line.contains(&key) && line.contains(value))
-        .nth(n.saturating_sub(1))
-        .map(|(index, _)| index + 1)
-}
-
-/// The 1-based line of the `n`th line containing `needle`.
-fn nth_line_containing(text: &str, needle: &str, n: usize) -> Option<usize> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| line.contains(needle))
-        .nth(n.saturating_sub(1))
-        .map(|(index, _)| index + 1)
 }
 
 #[cfg(test)]
