@@ -154,9 +154,9 @@ fn show(global: GlobalArgs) -> CliResult {
             .unwrap_or_else(|| "-".into())
     };
     let default_secret = match (&overrides.secret_file, env_secret, &config.hmac_secret_file) {
-        (Some(path), _, _) => format!("file {} (--hmac-secret-file)", path.display()),
+        (Some(path), _, _) => format!("file {} (--hmac-secret-file)", named(path)),
         (None, true, _) => format!("[redacted] (from {SECRET_ENV})"),
-        (None, false, Some(path)) => format!("file {} (hmac_secret_file)", path.display()),
+        (None, false, Some(path)) => format!("file {} (hmac_secret_file)", named(path)),
         (None, false, None) => "none".into(),
     };
     let mut lines = vec![
@@ -179,7 +179,7 @@ fn show(global: GlobalArgs) -> CliResult {
                     .ca_cert
                     .clone()
                     .or_else(|| config.ca_cert.clone())
-                    .map(|p| p.display().to_string())
+                    .map(|p| named(&p))
                     .unwrap_or_else(|| "none (public roots)".into())
             },
         ),
@@ -238,6 +238,15 @@ fn show(global: GlobalArgs) -> CliResult {
     Ok(0)
 }
 
+/// A file's path, marked when it does not exist (checked, never read).
+fn named(path: &Path) -> String {
+    if path.exists() {
+        path.display().to_string()
+    } else {
+        format!("{} [missing]", path.display())
+    }
+}
+
 fn or_dash(text: String) -> String {
     if text.is_empty() {
         "-".into()
@@ -248,10 +257,10 @@ fn or_dash(text: String) -> String {
 
 fn secret_text(source: Option<SecretSource>) -> String {
     match source {
-        Some(SecretSource::AgentFile(path)) => format!("{} (own)", path.display()),
-        Some(SecretSource::FlagFile(path)) => format!("{} (--hmac-secret-file)", path.display()),
+        Some(SecretSource::AgentFile(path)) => format!("{} (own)", named(&path)),
+        Some(SecretSource::FlagFile(path)) => format!("{} (--hmac-secret-file)", named(&path)),
         Some(SecretSource::Environment) => format!("[redacted] ({SECRET_ENV})"),
-        Some(SecretSource::ConfigFile(path)) => format!("{} (default)", path.display()),
+        Some(SecretSource::ConfigFile(path)) => format!("{} (default)", named(&path)),
         None => "NONE".into(),
     }
 }
@@ -269,9 +278,9 @@ fn secret_json(source: Option<SecretSource>) -> Value {
 fn trust_text(source: &TrustSource) -> String {
     match source {
         TrustSource::Insecure => "any (--insecure)".into(),
-        TrustSource::AgentCa(path) => format!("{} (own)", path.display()),
-        TrustSource::FlagCa(path) => format!("{} (--ca-cert)", path.display()),
-        TrustSource::ConfigCa(path) => format!("{} (default)", path.display()),
+        TrustSource::AgentCa(path) => format!("{} (own)", named(path)),
+        TrustSource::FlagCa(path) => format!("{} (--ca-cert)", named(path)),
+        TrustSource::ConfigCa(path) => format!("{} (default)", named(path)),
         TrustSource::PublicRoots => "public roots".into(),
     }
 }
