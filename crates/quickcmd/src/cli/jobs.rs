@@ -8,10 +8,16 @@ use futures_util::stream::{self, StreamExt};
 use quickcmd_protocol::{JobStatus, JobView, StreamName};
 use serde_json::json;
 
-use super::{failed, usage, CliResult, Context, Failure, TargetArgs};
+use super::{
+    could_not_run, failed, usage, CliResult, Context, Failure, TargetArgs, EXIT_COULD_NOT_RUN,
+    EXIT_NOT_ENDED,
+};
 use crate::client::{Client, ClientError};
 use crate::history::{History, RunOutcome};
-use crate::output::{format_duration_ms, table, truncate};
+use crate::output::{
+    errln, format_duration_ms, out, outln, short_time, table, truncate, write_stderr, write_stdout,
+};
+use crate::report::{HostReport, HostStatus};
 use crate::target::TargetSelection;
 
 /// Agents asked at once by the read commands.
@@ -88,41 +94,60 @@ pub(super) fn status(context: Context, targets: TargetArgs, job_id: String) -> C
         }
         answers
     });
-    let mut found = false;
+    let mut outcome = None;
     let single = answers.len() == 1;
     for (client, answer) in &answers {
         match answer {
             Ok(view) => {
-                found = true;
+                outcome = outcome.or(Some(view_exit_code(view)));
                 if context.json() {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"agent": client.name(), "url": client.url().as_str(), "job": view})
                     );
                 } else {
-                    print!("{}", describe_view(client, view));
+                    out!("{}", describe_view(client, view));
                 }
             }
             Err(error) => {
                 let not_found = error.status() == Some(404);
                 if context.json() {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"agent": client.name(), "url": client.url().as_str(), "error": error.to_string()})
                     );
                 } else if single || !not_found {
-                    eprintln!("quickcmd: {}: {error}", client.name());
+                    errln!("quickcmd: {}: {error}", client.name());
                 }
             }
         }
     }
-    if !found && !single && !context.json() {
-        eprintln!(
+    if outcome.is_none() && !single && !context.json() {
+        errln!(
             "quickcmd: job {job_id} was not found on any of {} agents",
             answers.len()
         );
     }
-    Ok(if found { 0 } else { 1 })
+    Ok(outcome.unwrap_or(EXIT_COULD_NOT_RUN))
+}
+
+/// The exit code that a job's status stands for: its outcome as a single-host run would
+/// end (its own exit code; 255 if it never ran), or [`EXIT_NOT_ENDED`].
+fn view_exit_code(view: &JobView) -> u8 {
+    if !view.status.is_final() {
+        return EXIT_NOT_ENDED;
+    }
+    let exit_code = view.result.as_ref().map(|r| r.exit_code);
+    outcome_exit_code(view.status, exit_code)
+}
+
+/// The single-host exit code of an ended job of `status` and `exit_code` (-1: none).
+fn outcome_exit_code(status: JobStatus, exit_code: Option<i64>) -> u8 {
+    HostReport {
+        exit_code: exit_code.filter(|c| *c >= 0),
+        ..HostReport::empty("", "", HostStatus::from(status))
+    }
+    .single_host_exit_code()
 }
 
 fn outcome_of_view(view: &JobView) -> RunOutcome {
@@ -212,8 +237,8 @@ pub(super) fn logs(
         }
         let Some((client, view)) = chosen else {
             return Err(match last_error {
-                Some((agent, error)) => failed(anyhow!("{agent}: {error}")),
-                None => failed(anyhow!("no agent to ask")),
+                Some((agent, error)) => could_not_run(anyhow!("{agent}: {error}")),
+                None => could_not_run(anyhow!("no agent to ask")),
             });
         };
         // Without --follow a running job shows what it has written so far: we stop once
@@ -231,16 +256,22 @@ pub(super) fn logs(
             match next {
                 Ok(Some(frame)) => {
                     if json {
-                        println!("{}", serde_json::to_string(&frame).unwrap_or_default());
+                        outln!("{}", serde_json::to_string(&frame).unwrap_or_default());
                     } else if !frame.is_final {
                         write_frame(frame.stream, &frame.data);
                     }
                     if frame.is_final {
+                        // `logs -f` ends as the job did.
+                        if follow {
+                            if let Some(status) = frame.status {
+                                return Ok(outcome_exit_code(status, frame.exit_code));
+                            }
+                        }
                         break;
                     }
                 }
                 Ok(None) => break,
-                Err(error) => return Err(failed(anyhow!("{}: {error}", client.name()))),
+                Err(error) => return Err(could_not_run(anyhow!("{}: {error}", client.name()))),
             }
         }
         Ok(0)
@@ -248,19 +279,9 @@ pub(super) fn logs(
 }
 
 fn write_frame(stream: StreamName, data: &str) {
-    use std::io::Write;
-    // A closed pipe is the reader's choice, not an error of ours.
     match stream {
-        StreamName::Stdout => {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(data.as_bytes());
-            let _ = out.flush();
-        }
-        StreamName::Stderr => {
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(data.as_bytes());
-            let _ = err.flush();
-        }
+        StreamName::Stdout => write_stdout(data.as_bytes()),
+        StreamName::Stderr => write_stderr(data.as_bytes()),
     }
 }
 
@@ -302,7 +323,7 @@ pub(super) fn cancel(context: Context, targets: TargetArgs, job_id: String) -> C
     for (client, answer) in &answers {
         any |= answer.is_ok();
         if context.json() {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "agent": client.name(),
@@ -315,9 +336,9 @@ pub(super) fn cancel(context: Context, targets: TargetArgs, job_id: String) -> C
             continue;
         }
         match answer {
-            Ok(()) => println!("cancel requested for job {job_id} on {}", client.name()),
+            Ok(()) => outln!("cancel requested for job {job_id} on {}", client.name()),
             Err(error) if single || error.status() != Some(404) => {
-                eprintln!(
+                errln!(
                     "quickcmd: {}: cannot cancel job {job_id}: {error}",
                     client.name()
                 )
@@ -353,13 +374,14 @@ pub(super) fn list(
         match answer {
             Ok(list) => {
                 if context.json() {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"agent": client.name(), "url": client.url().as_str(), "jobs": list.jobs})
                     );
                 }
                 for job in &list.jobs {
                     rows.push(vec![
+                        short_time(&job.created_at),
                         client.name().to_string(),
                         job.job_id.clone(),
                         job.status.to_string(),
@@ -367,7 +389,6 @@ pub(super) fn list(
                             .filter(|c| *c >= 0)
                             .map(|c| c.to_string())
                             .unwrap_or_else(|| "-".into()),
-                        job.created_at.clone(),
                         truncate(&job.command, 60),
                     ]);
                 }
@@ -375,21 +396,21 @@ pub(super) fn list(
             Err(error) => {
                 all_ok = false;
                 if context.json() {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"agent": client.name(), "url": client.url().as_str(), "error": error.to_string()})
                     );
                 } else {
-                    eprintln!("quickcmd: {}: {error}", client.name());
+                    errln!("quickcmd: {}: {error}", client.name());
                 }
             }
         }
     }
     if !context.json() {
-        print!(
+        out!(
             "{}",
             table(
-                &["AGENT", "JOB", "STATUS", "EXIT", "CREATED", "COMMAND"],
+                &["CREATED (UTC)", "AGENT", "JOB", "STATUS", "EXIT", "COMMAND"],
                 &rows,
                 None
             )

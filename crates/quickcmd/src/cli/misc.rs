@@ -6,14 +6,14 @@ use serde_json::json;
 
 use super::{failed, usage, AgentCommand, Cli, CliResult, Context, TargetArgs};
 use crate::history::{History, HistoryFilter};
-use crate::output::{format_duration_ms, table, truncate};
+use crate::output::{format_duration_ms, out, outln, short_time, table, truncate, write_stdout};
 use crate::secret::generate_key;
 use crate::tls::{generate_cert, write_cert_files};
 
 pub(super) fn agent(command: AgentCommand) -> CliResult {
     match command {
         AgentCommand::GenKey => {
-            println!("{}", generate_key());
+            outln!("{}", generate_key());
             Ok(0)
         }
         AgentCommand::GenCert {
@@ -27,13 +27,13 @@ pub(super) fn agent(command: AgentCommand) -> CliResult {
             }
             let generated = generate_cert(&hosts, days).map_err(usage)?;
             let (cert, key) = write_cert_files(&out, &generated, force).map_err(failed)?;
-            println!("wrote {} and {}", cert.display(), key.display());
-            println!(
+            outln!("wrote {} and {}", cert.display(), key.display());
+            outln!(
                 "agent config: tls_cert_file: {}  tls_key_file: {}",
                 cert.display(),
                 key.display()
             );
-            println!(
+            outln!(
                 "controller: pin it with --ca-cert {} (or ca_cert: in controller.yaml)",
                 cert.display()
             );
@@ -44,10 +44,11 @@ pub(super) fn agent(command: AgentCommand) -> CliResult {
 
 pub(super) fn man() -> CliResult {
     use clap::CommandFactory;
-    let mut out = std::io::stdout();
+    let mut page = Vec::new();
     clap_mangen::Man::new(Cli::command())
-        .render(&mut out)
-        .map_err(|e| failed(anyhow!("cannot write the man page: {e}")))?;
+        .render(&mut page)
+        .map_err(|e| failed(anyhow!("cannot render the man page: {e}")))?;
+    write_stdout(&page);
     Ok(0)
 }
 
@@ -69,7 +70,7 @@ pub(super) fn health(context: Context, targets: TargetArgs) -> CliResult {
                 let healthy = report.http_status == 200 && report.health.status == "healthy";
                 all_healthy &= healthy;
                 if context.json() {
-                    println!(
+                    outln!(
                         "{}",
                         json!({
                             "agent": client.name(),
@@ -109,7 +110,7 @@ pub(super) fn health(context: Context, targets: TargetArgs) -> CliResult {
             Err(error) => {
                 all_healthy = false;
                 if context.json() {
-                    println!(
+                    outln!(
                         "{}",
                         json!({
                             "agent": client.name(),
@@ -132,7 +133,7 @@ pub(super) fn health(context: Context, targets: TargetArgs) -> CliResult {
         }
     }
     if !context.json() {
-        print!(
+        out!(
             "{}",
             table(
                 &["HOST", "STATUS", "VERSION", "AGENT ID", "RUNNING", "RTT", "DETAILS"],
@@ -166,7 +167,7 @@ pub(super) fn history(
     })?;
     if context.json() {
         for row in &rows {
-            println!("{}", serde_json::to_string(row).unwrap_or_default());
+            outln!("{}", serde_json::to_string(row).unwrap_or_default());
         }
         return Ok(0);
     }
@@ -189,7 +190,7 @@ pub(super) fn history(
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -207,12 +208,4 @@ pub(super) fn history(
         )
     );
     Ok(0)
-}
-
-/// `2026-01-02T03:04:05.123456Z` as `2026-01-02 03:04:05` (UTC), for tables.
-fn short_time(rfc3339: &str) -> String {
-    match (rfc3339.get(..10), rfc3339.get(11..19)) {
-        (Some(date), Some(time)) => format!("{date} {time}"),
-        _ => rfc3339.to_string(),
-    }
 }

@@ -7,24 +7,27 @@ use std::time::Duration;
 use anyhow::anyhow;
 use quickcmd_protocol::SandboxRequest;
 
-use super::{failed, usage, CliResult, Context, JobArgs, RunArgs, SubmitArgs, EXIT_INTERRUPTED};
-use crate::client::Client;
-use crate::fanout::{
-    cancel_started, run_all, HostReport, HostStatus, MaxErrors, RunEvent, RunOptions, StartedJobs,
+use super::{
+    could_not_run, failed, usage, CliResult, Context, JobArgs, RunArgs, SubmitArgs,
+    EXIT_COULD_NOT_RUN, EXIT_INTERRUPTED,
 };
+use crate::client::Client;
+use crate::fanout::{cancel_started, run_all, MaxErrors, RunOptions, StartedJobs};
 use crate::history::History;
 use crate::job::JobSpec;
-use crate::output::{spawn_printer, PrinterConfig};
+use crate::output::{errln, spawn_printer, PrinterConfig};
+use crate::report::{HostReport, HostStatus, RunEvent, Tally};
 
 /// How long Ctrl-C waits for the agents to take the cancels.
 const CANCEL_LIMIT: Duration = Duration::from_secs(10);
 
 pub(super) fn run(context: Context, args: RunArgs) -> CliResult {
     let spec = job_spec(&args.job)?;
-    let wait_limit = Duration::from_secs(
-        args.wait_timeout
-            .unwrap_or_else(|| args.job.ttl + args.job.timeout.unwrap_or(24 * 3600) + 120),
-    );
+    let wait_limit = args.wait_timeout.unwrap_or_else(|| {
+        args.job.ttl
+            + args.job.timeout.unwrap_or(Duration::from_secs(24 * 3600))
+            + Duration::from_secs(120)
+    });
     let options = RunOptions {
         max_concurrency: args.max_concurrency as usize,
         max_errors: args.max_errors,
@@ -55,36 +58,25 @@ pub(super) fn job_spec(args: &JobArgs) -> Result<JobSpec, super::Failure> {
     if command.trim().is_empty() {
         return Err(usage(anyhow!("the command after `--` is empty")));
     }
-    let mut env = BTreeMap::new();
-    for pair in &args.env {
-        match pair.split_once('=') {
-            Some((key, value)) if !key.is_empty() => {
-                env.insert(key.to_string(), value.to_string());
-            }
-            _ => return Err(usage(anyhow!("--env `{pair}` must look like KEY=VALUE"))),
-        }
-    }
-    if args.ttl == 0 {
-        return Err(usage(anyhow!("--ttl must be at least 1 second")));
-    }
-    if args.timeout == Some(0) {
-        return Err(usage(anyhow!("--timeout must be at least 1 second")));
-    }
+    // Flags are parsed and checked by clap (see `args.rs`); what is left are rules that
+    // need no parser.
+    let env: BTreeMap<String, String> = args.env.iter().cloned().collect();
     if args.cpu_limit.is_some_and(|c| !c.is_finite() || c <= 0.0) {
         return Err(usage(anyhow!(
             "--cpu-limit must be a positive number of cores"
         )));
     }
-    if args.memory_limit.is_some_and(|m| m <= 0) {
-        return Err(usage(anyhow!(
-            "--memory-limit must be a positive number of bytes"
-        )));
-    }
+    let memory_limit = args
+        .memory_limit
+        .map(|bytes| {
+            i64::try_from(bytes).map_err(|_| usage(anyhow!("--memory-limit is too large")))
+        })
+        .transpose()?;
     let sandbox = SandboxRequest {
         image: args.image.clone(),
-        timeout_seconds: args.timeout,
+        timeout_seconds: args.timeout.map(|t| t.as_secs()),
         cpu_limit: args.cpu_limit,
-        memory_limit: args.memory_limit,
+        memory_limit,
         network: args.network.then_some(true),
         mounts: (!args.mounts.is_empty()).then(|| args.mounts.clone()),
         env: (!env.is_empty()).then_some(env),
@@ -95,7 +87,7 @@ pub(super) fn job_spec(args: &JobArgs) -> Result<JobSpec, super::Failure> {
         prompt: args.prompt.clone(),
         required_scopes: args.scopes.clone(),
         sandbox: (sandbox != SandboxRequest::default()).then_some(sandbox),
-        ttl: Duration::from_secs(args.ttl),
+        ttl: args.ttl,
     })
 }
 
@@ -110,9 +102,10 @@ fn fan_out(
     let single = clients.len() == 1;
     let hosts: Vec<String> = clients.iter().map(|c| c.name().to_string()).collect();
     context.runtime.block_on(async {
-        let history = History::open(&history_path).await.map_err(failed)?;
+        // Nothing runs unrecorded: without the history, nothing could be run.
+        let history = History::open(&history_path).await.map_err(could_not_run)?;
         let (events, printer) = spawn_printer(PrinterConfig::for_terminal(hosts, format))
-            .map_err(|e| failed(anyhow!("cannot start the output thread: {e}")))?;
+            .map_err(|e| could_not_run(anyhow!("cannot start the output thread: {e}")))?;
         let started = StartedJobs::default();
         let mut running = Box::pin(run_all(
             &clients,
@@ -144,14 +137,26 @@ fn fan_out(
     })
 }
 
-/// The exit code of a finished run.
+/// The exit code of a finished run: for one host the job's own, as ssh does (255 when it
+/// could not run); for several, 0 when all succeeded, 255 when some host could not run
+/// it (unreachable, refused), else 1 when some command failed.
 pub(super) fn exit_code(single: bool, reports: &[HostReport]) -> u8 {
     if single {
-        reports
+        return reports
             .first()
             .map(HostReport::single_host_exit_code)
-            .unwrap_or(1)
-    } else if !reports.is_empty() && reports.iter().all(HostReport::succeeded) {
+            .unwrap_or(EXIT_COULD_NOT_RUN);
+    }
+    if reports.is_empty() {
+        return EXIT_COULD_NOT_RUN;
+    }
+    let tallies: Vec<Tally> = reports.iter().map(HostReport::tally).collect();
+    if tallies
+        .iter()
+        .any(|t| matches!(t, Tally::Unreachable | Tally::Refused))
+    {
+        EXIT_COULD_NOT_RUN
+    } else if tallies.iter().all(|t| *t == Tally::Succeeded) {
         0
     } else {
         1
@@ -167,7 +172,7 @@ async fn interrupt(
 ) {
     tokio::spawn(async {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("quickcmd: interrupted again; leaving without waiting for the cancels");
+            errln!("quickcmd: interrupted again; leaving without waiting for the cancels");
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
     });
@@ -198,19 +203,10 @@ async fn interrupt(
             })
             .await;
         let report = HostReport {
-            agent: client.name().to_string(),
-            url: client.url().to_string(),
             job_id: Some(job.job_id.clone()),
-            status: HostStatus::Cancelled,
-            exit_code: None,
-            duration_ms: None,
             reason: Some("interrupted".into()),
             error,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            stream_reconnects: 0,
+            ..HostReport::new(client, HostStatus::Cancelled)
         };
         let _ = events
             .send(RunEvent::Finished {
@@ -271,8 +267,18 @@ mod tests {
 
         let plain = job_spec(&job_args(&["--", "true"])).expect("spec");
         assert_eq!(plain.sandbox, None);
-        assert!(job_spec(&job_args(&["--env", "novalue", "--", "true"])).is_err());
-        assert!(job_spec(&job_args(&["--ttl", "0", "--", "true"])).is_err());
+        let sized = job_spec(&job_args(&[
+            "--memory-limit",
+            "512M",
+            "--timeout",
+            "2m",
+            "--",
+            "true",
+        ]))
+        .expect("spec");
+        let sandbox = sized.sandbox.expect("sandbox");
+        assert_eq!(sandbox.memory_limit, Some(512 * 1024 * 1024));
+        assert_eq!(sandbox.timeout_seconds, Some(120));
     }
 
     #[test]
@@ -292,43 +298,41 @@ mod tests {
             stderr_truncated: false,
             stream_reconnects: 0,
         };
-        assert_eq!(
-            exit_code(true, &[report(HostStatus::Completed, Some(0))]),
-            0
-        );
-        assert_eq!(
-            exit_code(true, &[report(HostStatus::Completed, Some(3))]),
-            3
-        );
-        assert_eq!(
-            exit_code(true, &[report(HostStatus::Failed, Some(124))]),
-            124
-        );
-        assert_eq!(exit_code(true, &[report(HostStatus::Failed, None)]), 1);
-        assert_eq!(
-            exit_code(true, &[report(HostStatus::Completed, Some(300))]),
-            1
-        );
-        assert_eq!(exit_code(true, &[report(HostStatus::Unreachable, None)]), 1);
-        assert_eq!(
-            exit_code(
-                false,
-                &[
-                    report(HostStatus::Completed, Some(0)),
-                    report(HostStatus::Completed, Some(0))
-                ]
-            ),
-            0
-        );
-        assert_eq!(
-            exit_code(
-                false,
-                &[
-                    report(HostStatus::Completed, Some(0)),
-                    report(HostStatus::Unreachable, None)
-                ]
-            ),
-            1
-        );
+        use HostStatus::*;
+        for (status, code, expected) in [
+            (Completed, Some(0), 0),
+            (Completed, Some(3), 3),
+            (Failed, Some(124), 124),
+            (Failed, Some(137), 137),
+            (Failed, None, 255),
+            (Completed, Some(300), 1),
+            (Unreachable, None, 255),
+            (Refused, None, 255),
+            (Rejected, None, 255),
+            (Error, None, 255),
+            (Cancelled, None, 130),
+            (Submitted, None, 0),
+        ] {
+            assert_eq!(
+                exit_code(true, &[report(status, code)]),
+                expected,
+                "{status:?} {code:?}"
+            );
+        }
+        let ok = || report(Completed, Some(0));
+        for (others, expected) in [
+            (vec![ok()], 0),
+            (vec![report(Completed, Some(1))], 1),
+            (vec![report(Failed, Some(124))], 1),
+            (vec![report(Cancelled, None)], 1),
+            (vec![report(Unreachable, None)], 255),
+            (vec![report(Completed, Some(1)), report(Refused, None)], 255),
+            (vec![report(Rejected, None), report(Skipped, None)], 255),
+            (vec![report(Failed, Some(1)), report(Skipped, None)], 1),
+        ] {
+            let mut reports = vec![ok()];
+            reports.extend(others);
+            assert_eq!(exit_code(false, &reports), expected, "{reports:?}");
+        }
     }
 }

@@ -129,6 +129,30 @@ impl ClientError {
         )
     }
 
+    /// Adds what to do to a TLS error about an agent certificate that no trusted
+    /// authority signed: pin it, or (when one is pinned) check it is the right agent.
+    pub(crate) fn with_trust_hint(self, trust: &crate::tls::Trust) -> ClientError {
+        match self {
+            ClientError::Tls { message } if message.contains("UnknownIssuer") => {
+                let hint = match trust {
+                    crate::tls::Trust::Pinned { source, .. } => format!(
+                        "the agent's certificate is not among those pinned in {}: is this \
+                         the right agent, or was its certificate replaced?",
+                        source.display()
+                    ),
+                    _ => "no trusted authority signed the agent's certificate: pin it with \
+                          --ca-cert FILE (or ca_cert: in controller.yaml), e.g. the \
+                          agent-cert.pem that `quickcmd agent gen-cert` wrote"
+                        .to_string(),
+                };
+                ClientError::Tls {
+                    message: format!("{message} - {hint}"),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The protocol error code of an agent's answer.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
@@ -287,6 +311,25 @@ mod tests {
         assert!(error.is_retryable());
         assert!(ClientError::from_response(429, b"", None).is_retryable());
         assert!(!ClientError::from_response(404, b"", None).is_retryable());
+    }
+
+    #[test]
+    fn unknown_issuer_says_what_to_do() {
+        let error = || ClientError::Tls {
+            message: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        let public = error().with_trust_hint(&crate::tls::Trust::PublicRoots);
+        assert!(public.to_string().contains("--ca-cert"), "{public}");
+        let pinned = error().with_trust_hint(&crate::tls::Trust::Pinned {
+            source: "/etc/q/agent.pem".into(),
+            certs: Vec::new(),
+        });
+        assert!(pinned.to_string().contains("/etc/q/agent.pem"), "{pinned}");
+        let other = ClientError::Tls {
+            message: "invalid peer certificate: Expired".into(),
+        }
+        .with_trust_hint(&crate::tls::Trust::PublicRoots);
+        assert!(!other.to_string().contains("--ca-cert"), "{other}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 
 pub use error::{error_code_of, ClientError};
-pub use retry::RetryPolicy;
+pub use retry::{OnRetry, RetryNotice, RetryPolicy};
 pub use stream::{LogStream, StreamOptions};
 
 use crate::job::{sign_job, unix_now, JobSpec, SignedJob};
@@ -63,12 +63,14 @@ pub struct AgentEndpoint {
 }
 
 /// Timeouts and retry behaviour.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Limit for one HTTP request, answer included.
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Told of each retry and stream reconnect before its wait.
+    pub on_retry: Option<OnRetry>,
     pub stream: StreamOptions,
     /// First interval between status polls in `wait`; it doubles up to 2 s.
     pub poll_interval: Duration,
@@ -80,9 +82,23 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            on_retry: None,
             stream: StreamOptions::default(),
             poll_interval: Duration::from_millis(250),
         }
+    }
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .field("on_retry", &self.on_retry.as_ref().map(|_| "Fn"))
+            .field("stream", &self.stream)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
     }
 }
 
@@ -174,15 +190,20 @@ impl Client {
     /// one job.
     pub async fn submit(&self, job: &SignedJob) -> Result<SubmitResponse, ClientError> {
         let url = self.url_for("/api/v1/jobs", None);
-        let answer = with_retries(&self.inner.options.retry, "submit", || {
-            let request = self
-                .inner
-                .http
-                .post(url.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .body(job.body.clone());
-            self.fetch(request, "submitting the job")
-        })
+        let answer = with_retries(
+            &self.inner.options.retry,
+            "submit",
+            self.notifier("submit"),
+            || {
+                let request = self
+                    .inner
+                    .http
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(job.body.clone());
+                self.fetch(request, "submitting the job")
+            },
+        )
         .await?;
         expect_json(answer, &[200, 201, 202])
     }
@@ -306,15 +327,51 @@ impl Client {
     ) -> Result<Answer, ClientError> {
         let url = self.url_for(path, query);
         let what = format!("{method} {path}");
-        with_retries(&self.inner.options.retry, &what, || {
-            let request = self
-                .inner
-                .http
-                .request(method.clone(), url.clone())
-                .header(AUTHORIZATION, self.read_auth(method.as_str(), path));
-            self.fetch(request, during)
-        })
+        with_retries(
+            &self.inner.options.retry,
+            &what,
+            self.notifier(&what),
+            || {
+                let request = self
+                    .inner
+                    .http
+                    .request(method.clone(), url.clone())
+                    .header(AUTHORIZATION, self.read_auth(method.as_str(), path));
+                self.fetch(request, during)
+            },
+        )
         .await
+    }
+
+    /// Tells `on_retry` of a retry of `what`.
+    pub(crate) fn notifier<'a>(&'a self, what: &'a str) -> impl Fn(&str, usize, Duration) + 'a {
+        let retries = self.inner.options.retry.delays.len();
+        move |problem, retry, delay| self.notify_retry(what, problem, (retry, retries), delay)
+    }
+
+    /// Tells `on_retry` of retry `n` of `of` (`(n, of)`), waiting `delay` first.
+    pub(crate) fn notify_retry(
+        &self,
+        what: &str,
+        problem: &str,
+        (retry, retries): (usize, usize),
+        delay: Duration,
+    ) {
+        if let Some(on_retry) = &self.inner.options.on_retry {
+            on_retry(&RetryNotice {
+                agent: self.name().to_string(),
+                what: what.to_string(),
+                problem: problem.to_string(),
+                retry,
+                retries,
+                delay,
+            });
+        }
+    }
+
+    /// `error`, with what to do when it is a TLS error the operator can fix.
+    pub(crate) fn explain(&self, error: ClientError) -> ClientError {
+        error.with_trust_hint(&self.inner.endpoint.trust)
     }
 
     /// The `Authorization` value for a read of `path` (no query), signed now.
@@ -346,7 +403,7 @@ impl Client {
         let mut response = request
             .send()
             .await
-            .map_err(|e| ClientError::from_reqwest(&e, during))?;
+            .map_err(|e| self.explain(ClientError::from_reqwest(&e, during)))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()

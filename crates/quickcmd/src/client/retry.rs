@@ -30,6 +30,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// `retries` retries waiting 1 s, 2 s, 4 s, then 8 s each (`--retries`).
+    pub fn with_retries(retries: usize) -> RetryPolicy {
+        RetryPolicy {
+            delays: (0..retries)
+                .map(|n| Duration::from_secs(1 << n.min(3)))
+                .collect(),
+            ..RetryPolicy::default()
+        }
+    }
+
     /// No retries at all.
     pub fn none() -> RetryPolicy {
         RetryPolicy {
@@ -38,6 +48,41 @@ impl RetryPolicy {
         }
     }
 }
+
+/// One retry about to happen, for the operator (`quickcmd: web-1: submit: connection
+/// refused; retry 1 of 3 in 1s`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryNotice {
+    pub agent: String,
+    /// What was tried: `submit`, `GET /api/v1/jobs/…`, `log stream of job …`.
+    pub what: String,
+    /// Why it failed.
+    pub problem: String,
+    /// 1 for the first retry.
+    pub retry: usize,
+    pub retries: usize,
+    pub delay: Duration,
+}
+
+impl std::fmt::Display for RetryNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}; retry {} of {} in {}",
+            self.agent,
+            self.what,
+            self.problem,
+            self.retry,
+            self.retries,
+            crate::output::format_duration_ms(
+                i64::try_from(self.delay.as_millis()).unwrap_or(i64::MAX)
+            )
+        )
+    }
+}
+
+/// Called before each retry (the CLI prints the notice on stderr).
+pub type OnRetry = std::sync::Arc<dyn Fn(&RetryNotice) + Send + Sync>;
 
 /// One HTTP answer, read in full.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +97,7 @@ pub(crate) struct Answer {
 pub(crate) async fn with_retries<F, Fut>(
     policy: &RetryPolicy,
     what: &str,
+    notify: impl Fn(&str, usize, Duration),
     mut attempt: F,
 ) -> Result<Answer, ClientError>
 where
@@ -73,16 +119,12 @@ where
             return outcome;
         };
         let delay = wait.unwrap_or(*backoff);
-        match &outcome {
-            Ok(answer) => tracing::debug!(
-                "{what}: HTTP {}, retry {} in {delay:?}",
-                answer.status,
-                retries_done + 1
-            ),
-            Err(error) => {
-                tracing::debug!("{what}: {error}, retry {} in {delay:?}", retries_done + 1)
-            }
-        }
+        let problem = match &outcome {
+            Ok(answer) => ClientError::from_response(answer.status, &answer.body, None).to_string(),
+            Err(error) => error.to_string(),
+        };
+        tracing::debug!("{what}: {problem}, retry {} in {delay:?}", retries_done + 1);
+        notify(&problem, retries_done + 1, delay);
         tokio::time::sleep(delay).await;
         retries_done += 1;
     }
@@ -125,15 +167,20 @@ mod tests {
     async fn check(script: Vec<Result<Answer, ClientError>>) -> (Result<u16, String>, usize) {
         let script = Arc::new(std::sync::Mutex::new(script.into_iter()));
         let count = Arc::new(AtomicUsize::new(0));
-        let outcome = with_retries(&RetryPolicy::default(), "test", || {
-            count.fetch_add(1, Ordering::SeqCst);
-            let next = script
-                .lock()
-                .expect("lock")
-                .next()
-                .unwrap_or_else(|| Ok(answer(200, None)));
-            async move { next }
-        })
+        let outcome = with_retries(
+            &RetryPolicy::default(),
+            "test",
+            |_, _, _| {},
+            || {
+                count.fetch_add(1, Ordering::SeqCst);
+                let next = script
+                    .lock()
+                    .expect("lock")
+                    .next()
+                    .unwrap_or_else(|| Ok(answer(200, None)));
+                async move { next }
+            },
+        )
         .await;
         (
             outcome.map(|a| a.status).map_err(|e| e.to_string()),
@@ -192,6 +239,66 @@ mod tests {
         .await;
         assert_eq!(attempts, 1);
         assert!(outcome.is_err());
+    }
+
+    #[test]
+    fn retries_flag_sets_the_delays() {
+        let secs = |n| {
+            RetryPolicy::with_retries(n)
+                .delays
+                .iter()
+                .map(Duration::as_secs)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(secs(0), Vec::<u64>::new());
+        assert_eq!(
+            secs(3),
+            RetryPolicy::default()
+                .delays
+                .iter()
+                .map(Duration::as_secs)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(secs(5), vec![1, 2, 4, 8, 8]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_retry_is_announced() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let mut script =
+            vec![Err(ClientError::ConnectionRefused), Ok(answer(503, None))].into_iter();
+        let outcome = with_retries(
+            &RetryPolicy::default(),
+            "submit",
+            |problem, retry, delay| {
+                seen.lock()
+                    .expect("lock")
+                    .push((problem.to_string(), retry, delay.as_secs()))
+            },
+            || {
+                let next = script.next().unwrap_or_else(|| Ok(answer(202, None)));
+                async move { next }
+            },
+        )
+        .await;
+        assert_eq!(outcome.map(|a| a.status).ok(), Some(202));
+        let seen = seen.into_inner().expect("lock");
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], ("connection refused".to_string(), 1, 1));
+        assert_eq!(seen[1].1, 2);
+        assert!(seen[1].0.starts_with("HTTP 503"), "{:?}", seen[1]);
+        let notice = RetryNotice {
+            agent: "web-1".into(),
+            what: "submit".into(),
+            problem: "connection refused".into(),
+            retry: 1,
+            retries: 3,
+            delay: Duration::from_secs(1),
+        };
+        assert_eq!(
+            notice.to_string(),
+            "web-1: submit: connection refused; retry 1 of 3 in 1.0s"
+        );
     }
 
     #[test]

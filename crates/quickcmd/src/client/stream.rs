@@ -224,6 +224,12 @@ impl LogStream {
             self.job_id,
             self.last_seq
         );
+        self.client.notify_retry(
+            &format!("log stream of job {}", self.job_id),
+            &error.to_string(),
+            (self.failures_in_a_row, delays.len()),
+            delay,
+        );
         tokio::time::sleep(delay).await;
         Ok(())
     }
@@ -279,7 +285,9 @@ impl LogStream {
                 })
             }
             Ok(Err(error)) => {
-                return Err(ClientError::from_websocket(error, "opening the log stream"))
+                return Err(self
+                    .client
+                    .explain(ClientError::from_websocket(error, "opening the log stream")))
             }
             Ok(Ok((socket, _response))) => socket,
         };

@@ -180,6 +180,7 @@ fn fast_options() -> ClientOptions {
         },
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
+        on_retry: None,
         poll_interval: Duration::from_millis(10),
     }
 }

@@ -12,7 +12,17 @@ use std::thread::JoinHandle;
 use quickcmd_protocol::StreamName;
 use tokio::sync::mpsc;
 
-use crate::fanout::{HostReport, HostStatus, RunEvent};
+use crate::report::{HostReport, HostStatus, RunEvent, Tally};
+
+mod stdio;
+mod text;
+
+pub(crate) use stdio::{errln, out, outln};
+pub use stdio::{stdout_failed, write_stderr, write_stdout, EXIT_BROKEN_PIPE};
+pub use text::{
+    describe, format_duration_ms, short_time, summary_counts, summary_table, table, truncate,
+};
+use text::{single_host_message, RESET};
 
 /// Text for people or JSON for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,9 +82,6 @@ pub fn spawn_printer(
 const COLORS: [&str; 6] = [
     "\x1b[36m", "\x1b[33m", "\x1b[35m", "\x1b[32m", "\x1b[34m", "\x1b[91m",
 ];
-const RESET: &str = "\x1b[0m";
-const RED: &str = "\x1b[31m";
-const GREEN: &str = "\x1b[32m";
 
 /// Longest partial line held back waiting for its newline.
 const MAX_PENDING_LINE: usize = 64 * 1024;
@@ -249,7 +256,7 @@ impl Printer {
         if report.status != HostStatus::Skipped {
             self.running = self.running.saturating_sub(1);
         }
-        if !report.succeeded() {
+        if !matches!(report.tally(), Tally::Succeeded | Tally::Skipped) {
             self.failed += 1;
         }
         if let Some(bar) = &self.bar {
@@ -303,246 +310,5 @@ fn write_raw(stream: StreamName, bytes: &[u8]) {
             let _ = err.write_all(bytes);
             let _ = err.flush();
         }
-    }
-}
-
-/// The line a single-host run prints on stderr when the job did not simply run.
-fn single_host_message(report: &HostReport) -> Option<String> {
-    let job = report
-        .job_id
-        .as_deref()
-        .map(|id| format!("job {id} "))
-        .unwrap_or_default();
-    match report.status {
-        HostStatus::Completed | HostStatus::Submitted => None,
-        HostStatus::Failed => Some(format!("{job}failed: {}", describe(report))),
-        HostStatus::Rejected => Some(format!("{job}rejected: {}", describe(report))),
-        // Ctrl-C already said which jobs it cancelled.
-        HostStatus::Cancelled if report.reason.as_deref() == Some("interrupted") => None,
-        HostStatus::Cancelled => Some(format!("{job}cancelled: {}", describe(report))),
-        HostStatus::Unreachable => Some(format!("unreachable: {}", describe(report))),
-        HostStatus::Refused => Some(format!("refused: {}", describe(report))),
-        HostStatus::Skipped | HostStatus::Error => Some(describe(report)),
-    }
-}
-
-/// One phrase for why a host ended as it did.
-pub fn describe(report: &HostReport) -> String {
-    match (&report.reason, &report.error) {
-        (Some(reason), Some(error)) if error.starts_with(reason.as_str()) => error.clone(),
-        (Some(reason), Some(error)) => format!("{reason}: {error}"),
-        (Some(reason), None) => reason.clone(),
-        (None, Some(error)) => error.clone(),
-        (None, None) => match (report.status, report.exit_code) {
-            (HostStatus::Completed, Some(code)) if code != 0 => format!("exit code {code}"),
-            _ => String::new(),
-        },
-    }
-}
-
-/// `850ms`, `1.2s`, `2m03s`, `1h02m`.
-pub fn format_duration_ms(ms: i64) -> String {
-    let ms = ms.max(0);
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
-    } else {
-        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
-    }
-}
-
-/// A plain table: a header row and left-aligned columns, two spaces apart. `colors`
-/// gives an optional ANSI colour per cell (same shape as `rows`).
-pub fn table(
-    headers: &[&str],
-    rows: &[Vec<String>],
-    colors: Option<&[Vec<Option<&str>>]>,
-) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (index, cell) in row.iter().enumerate() {
-            if let Some(width) = widths.get_mut(index) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-    }
-    let mut out = String::new();
-    let last = headers.len().saturating_sub(1);
-    let mut push_row = |cells: &[String], row_colors: Option<&Vec<Option<&str>>>| {
-        for (index, cell) in cells.iter().enumerate() {
-            let color = row_colors.and_then(|c| c.get(index).copied().flatten());
-            if let Some(color) = color {
-                out.push_str(color);
-            }
-            if index == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}", width = widths[index]));
-            }
-            if color.is_some() {
-                out.push_str(RESET);
-            }
-            if index != last {
-                out.push_str("  ");
-            }
-        }
-        let trimmed = out.trim_end_matches(' ').len();
-        out.truncate(trimmed);
-        out.push('\n');
-    };
-    let header_cells: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    push_row(&header_cells, None);
-    for (index, row) in rows.iter().enumerate() {
-        push_row(row, colors.and_then(|c| c.get(index)));
-    }
-    out
-}
-
-/// The summary table of a multi-host run, and a closing count line.
-pub fn summary_table(reports: &[HostReport], color: bool) -> String {
-    let rows: Vec<Vec<String>> = reports
-        .iter()
-        .map(|report| {
-            vec![
-                report.agent.clone(),
-                report.job_id.clone().unwrap_or_else(|| "-".into()),
-                report.status.to_string(),
-                report
-                    .exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                report
-                    .duration_ms
-                    .map(format_duration_ms)
-                    .unwrap_or_else(|| "-".into()),
-                truncate(&describe(report), 160),
-            ]
-        })
-        .collect();
-    let colors: Vec<Vec<Option<&str>>> = reports
-        .iter()
-        .map(|report| {
-            let color = if report.succeeded() { GREEN } else { RED };
-            vec![None, None, Some(color), Some(color), None, None]
-        })
-        .collect();
-    let succeeded = reports.iter().filter(|r| r.succeeded()).count();
-    let mut out = String::from("\n");
-    out.push_str(&table(
-        &["HOST", "JOB", "STATUS", "EXIT", "DURATION", "REASON"],
-        &rows,
-        color.then_some(colors.as_slice()),
-    ));
-    out.push_str(&format!(
-        "{} host(s): {} succeeded, {} failed\n",
-        reports.len(),
-        succeeded,
-        reports.len() - succeeded
-    ));
-    out
-}
-
-/// At most `max` characters, with `…` when cut.
-pub fn truncate(text: &str, max: usize) -> String {
-    let single_line = text.trim().replace('\n', " ");
-    if single_line.chars().count() <= max {
-        return single_line;
-    }
-    let mut cut: String = single_line.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn report(
-        agent: &str,
-        status: HostStatus,
-        exit: Option<i64>,
-        reason: Option<&str>,
-    ) -> HostReport {
-        HostReport {
-            agent: agent.into(),
-            url: format!("https://{agent}:1/"),
-            job_id: Some("j".into()),
-            status,
-            exit_code: exit,
-            duration_ms: exit.map(|_| 1500),
-            reason: reason.map(str::to_string),
-            error: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            stream_reconnects: 0,
-        }
-    }
-
-    #[test]
-    fn durations() {
-        for (ms, text) in [
-            (0, "0ms"),
-            (999, "999ms"),
-            (1500, "1.5s"),
-            (61_000, "1m01s"),
-            (3_720_000, "1h02m"),
-            (-5, "0ms"),
-        ] {
-            assert_eq!(format_duration_ms(ms), text);
-        }
-    }
-
-    #[test]
-    fn summary_aligns_columns() {
-        let text = summary_table(
-            &[
-                report("a", HostStatus::Completed, Some(0), None),
-                report(
-                    "long-name",
-                    HostStatus::Unreachable,
-                    None,
-                    Some("connection refused"),
-                ),
-            ],
-            false,
-        );
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            lines[1],
-            "HOST       JOB  STATUS       EXIT  DURATION  REASON"
-        );
-        assert_eq!(lines[2], "a          j    completed    0     1.5s");
-        assert_eq!(
-            lines[3],
-            "long-name  j    unreachable  -     -         connection refused"
-        );
-        assert_eq!(lines[4], "2 host(s): 1 succeeded, 1 failed");
-    }
-
-    #[test]
-    fn descriptions() {
-        let mut r = report(
-            "a",
-            HostStatus::Refused,
-            None,
-            Some("401 INVALID_SIGNATURE"),
-        );
-        r.error = Some("401 INVALID_SIGNATURE: bad signature".into());
-        assert_eq!(describe(&r), "401 INVALID_SIGNATURE: bad signature");
-        let r = report("a", HostStatus::Completed, Some(3), None);
-        assert_eq!(describe(&r), "exit code 3");
-        let mut r = report("a", HostStatus::Failed, Some(124), Some("timeout"));
-        r.error = Some("job ran over 5s".into());
-        assert_eq!(describe(&r), "timeout: job ran over 5s");
-        assert_eq!(
-            single_host_message(&r).as_deref(),
-            Some("job j failed: timeout: job ran over 5s")
-        );
-        assert_eq!(truncate("abcdef", 4), "abc…");
     }
 }

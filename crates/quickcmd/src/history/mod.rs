@@ -6,7 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+mod sql;
+mod user;
+
 use serde::Serialize;
+use sql::{open_blocking, row_from_sql, COLUMNS};
+pub use user::local_user;
 
 /// Why the history could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +27,20 @@ pub enum HistoryError {
     #[error("history database task failed: {0}")]
     Task(String),
 }
+
+/// Every status a history row can hold, for `quickcmd history --status`.
+pub const STATUSES: [&str; 10] = [
+    "submitting",
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "rejected",
+    "refused",
+    "unreachable",
+    "error",
+    "cancelled",
+];
 
 /// A submission about to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +61,9 @@ pub struct NewRun {
 /// What became of a submission.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunOutcome {
-    /// A job status (`pending` … `rejected`) or a controller-side one: `refused` (the agent
-    /// said no), `unreachable`, `cancelled`, `lost` (we stopped knowing).
+    /// One of [`STATUSES`]: a job status (`pending` … `rejected`) or a controller-side one:
+    /// `submitting` (not yet answered), `refused` (the agent said no), `unreachable`,
+    /// `error`, `cancelled`.
     pub status: String,
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
@@ -103,42 +124,6 @@ impl Default for HistoryFilter {
         }
     }
 }
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS runs (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id         TEXT NOT NULL,
-    agent          TEXT NOT NULL,
-    agent_url      TEXT NOT NULL,
-    controller_id  TEXT NOT NULL,
-    user           TEXT NOT NULL,
-    command        TEXT NOT NULL,
-    prompt         TEXT NOT NULL,
-    payload_sha256 TEXT NOT NULL,
-    signature      TEXT NOT NULL,
-    submitted_at   TEXT NOT NULL,
-    status         TEXT NOT NULL,
-    exit_code      INTEGER,
-    reason         TEXT,
-    error          TEXT,
-    started_at     TEXT,
-    ended_at       TEXT,
-    duration_ms    INTEGER,
-    stdout_bytes   INTEGER,
-    stderr_bytes   INTEGER,
-    stdout_sha256  TEXT,
-    stderr_sha256  TEXT,
-    updated_at     TEXT NOT NULL,
-    UNIQUE (job_id, agent_url)
-);
-CREATE INDEX IF NOT EXISTS runs_by_time ON runs (submitted_at);
-CREATE INDEX IF NOT EXISTS runs_by_agent ON runs (agent, submitted_at);
-PRAGMA user_version = 1;
-";
-
-const COLUMNS: &str = "job_id, agent, agent_url, controller_id, user, command, prompt, \
-    payload_sha256, signature, submitted_at, status, exit_code, reason, error, started_at, \
-    ended_at, duration_ms, stdout_bytes, stderr_bytes, stdout_sha256, stderr_sha256, updated_at";
 
 /// The history database. Cheap to clone; one connection, used from the blocking pool.
 #[derive(Debug, Clone)]
@@ -290,123 +275,6 @@ impl History {
         })
         .await
     }
-}
-
-fn row_from_sql(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
-    let to_u64 = |v: Option<i64>| v.map(|v| u64::try_from(v).unwrap_or(0));
-    Ok(HistoryRow {
-        job_id: row.get(0)?,
-        agent: row.get(1)?,
-        agent_url: row.get(2)?,
-        controller_id: row.get(3)?,
-        user: row.get(4)?,
-        command: row.get(5)?,
-        prompt: row.get(6)?,
-        payload_sha256: row.get(7)?,
-        signature: row.get(8)?,
-        submitted_at: row.get(9)?,
-        status: row.get(10)?,
-        exit_code: row.get(11)?,
-        reason: row.get(12)?,
-        error: row.get(13)?,
-        started_at: row.get(14)?,
-        ended_at: row.get(15)?,
-        duration_ms: row.get(16)?,
-        stdout_bytes: to_u64(row.get(17)?),
-        stderr_bytes: to_u64(row.get(18)?),
-        stdout_sha256: row.get(19)?,
-        stderr_sha256: row.get(20)?,
-        updated_at: row.get(21)?,
-    })
-}
-
-fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    let open_error = |message: String| HistoryError::Open {
-        path: path.to_path_buf(),
-        message,
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| open_error(format!("cannot create {}: {e}", parent.display())))?;
-        }
-    }
-    let sql = |source| HistoryError::Sql {
-        path: path.to_path_buf(),
-        source,
-    };
-    // Commands and their output hashes are nobody else's business: the file is created
-    // owner-only before SQLite opens it (SQLite gives its WAL and shared-memory files the
-    // same mode), so it is never readable by others, not even for an instant; an older,
-    // looser file is tightened.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| open_error(format!("cannot create: {e}")))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| open_error(format!("cannot restrict permissions: {e}")))?;
-    drop(file);
-    let connection = Connection::open(path).map_err(sql)?;
-    connection
-        .busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(sql)?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(sql)?;
-    connection
-        .pragma_update(None, "synchronous", "NORMAL")
-        .map_err(sql)?;
-    connection.execute_batch(SCHEMA).map_err(sql)?;
-    Ok(connection)
-}
-
-/// The local user running us, for the history: `$USER` (noting `sudo`), else the uid's
-/// name from `/etc/passwd`, else `uid:N`.
-pub fn local_user() -> String {
-    let from_env = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty());
-    let user = from_env.unwrap_or_else(user_from_uid);
-    match std::env::var("SUDO_USER") {
-        Ok(sudo_user) if !sudo_user.is_empty() && sudo_user != user => {
-            format!("{user} (sudo by {sudo_user})")
-        }
-        _ => user,
-    }
-}
-
-fn user_from_uid() -> String {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))
-                .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
-        });
-    let Some(uid) = uid else {
-        return "unknown".to_string();
-    };
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                let _password = fields.next()?;
-                (fields.next()? == uid).then(|| name.to_string())
-            })
-        })
-        .unwrap_or_else(|| format!("uid:{uid}"))
 }
 
 #[cfg(test)]

@@ -8,15 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quickcmd_protocol::{JobResult, JobStatus, StreamName};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{Client, ClientError};
 use crate::history::{History, NewRun, RunOutcome};
 use crate::job::{new_job_id, JobSpec};
+use crate::report::{HostReport, HostStatus, RunEvent};
+
+mod follow;
+
+use follow::{follow, OutputRecord};
 
 /// `--max-errors`: a count of failed hosts, or a percentage of all targeted hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,175 +84,6 @@ impl Default for RunOptions {
             submit_only: false,
         }
     }
-}
-
-/// What became of one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HostStatus {
-    /// The command ran and exited (see `exit_code`).
-    Completed,
-    /// The job could not run, timed out, was killed or cancelled by the agent.
-    Failed,
-    /// The agent accepted the signature but refused the job.
-    Rejected,
-    /// The agent refused the request (401, 403, 409, 4xx).
-    Refused,
-    /// We could not reach the agent (refused connection, TLS, timeout).
-    Unreachable,
-    /// Something else went wrong; `reason` says what.
-    Error,
-    /// Not started because too many hosts had failed (`--max-errors`).
-    Skipped,
-    /// Cancelled by us (Ctrl-C, or we gave up waiting).
-    Cancelled,
-    /// Accepted by the agent; not waited for (`quickcmd submit`).
-    Submitted,
-}
-
-impl HostStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostStatus::Completed => "completed",
-            HostStatus::Failed => "failed",
-            HostStatus::Rejected => "rejected",
-            HostStatus::Refused => "refused",
-            HostStatus::Unreachable => "unreachable",
-            HostStatus::Error => "error",
-            HostStatus::Skipped => "skipped",
-            HostStatus::Cancelled => "cancelled",
-            HostStatus::Submitted => "submitted",
-        }
-    }
-}
-
-impl std::fmt::Display for HostStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One host's result: a summary row, or one JSON object of `--output json`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HostReport {
-    pub agent: String,
-    pub url: String,
-    pub job_id: Option<String>,
-    pub status: HostStatus,
-    pub exit_code: Option<i64>,
-    pub duration_ms: Option<i64>,
-    /// Short cause: the agent's `reason`, an error code, "connection refused", …
-    pub reason: Option<String>,
-    /// Longer explanation, when there is one.
-    pub error: Option<String>,
-    pub stdout: String,
-    pub stderr: String,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    /// How often the log stream had to be re-established.
-    pub stream_reconnects: u32,
-}
-
-impl HostReport {
-    fn new(client: &Client, status: HostStatus) -> HostReport {
-        HostReport {
-            agent: client.name().to_string(),
-            url: client.url().to_string(),
-            job_id: None,
-            status,
-            exit_code: None,
-            duration_ms: None,
-            reason: None,
-            error: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            stream_reconnects: 0,
-        }
-    }
-
-    /// A report for a host whose request failed.
-    pub fn from_error(client: &Client, job_id: Option<String>, error: &ClientError) -> HostReport {
-        let status = if error.is_unreachable() {
-            HostStatus::Unreachable
-        } else if matches!(error, ClientError::Api { status, .. } if *status < 500) {
-            HostStatus::Refused
-        } else {
-            HostStatus::Error
-        };
-        let reason = match error {
-            ClientError::Api { status, code, .. } if !code.is_empty() => {
-                format!("{status} {code}")
-            }
-            ClientError::Api { status, .. } => format!("HTTP {status}"),
-            ClientError::Tls { .. } => "TLS error".to_string(),
-            ClientError::Timeout { .. } => "timeout".to_string(),
-            ClientError::ConnectionRefused => "connection refused".to_string(),
-            other => other.to_string(),
-        };
-        HostReport {
-            job_id,
-            reason: Some(reason),
-            error: Some(error.to_string()),
-            ..HostReport::new(client, status)
-        }
-    }
-
-    /// Whether this host counts as a success: the command ran and exited 0 (or, for
-    /// `submit`, the agent accepted the job).
-    pub fn succeeded(&self) -> bool {
-        match self.status {
-            HostStatus::Completed => self.exit_code == Some(0),
-            HostStatus::Submitted => true,
-            _ => false,
-        }
-    }
-
-    /// The exit code a single-host run ends with: the job's own (a timeout is 124), 1 when
-    /// the job has none or it is out of range, 130 when cancelled by us.
-    pub fn single_host_exit_code(&self) -> u8 {
-        match (self.status, self.exit_code) {
-            (HostStatus::Submitted, _) => 0,
-            (HostStatus::Cancelled, _) => 130,
-            (HostStatus::Completed | HostStatus::Failed, Some(code))
-                if (0..=255).contains(&code) =>
-            {
-                u8::try_from(code).unwrap_or(1)
-            }
-            _ => 1,
-        }
-    }
-}
-
-/// What a fan-out reports while it runs, in order per host.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RunEvent {
-    Started {
-        host: usize,
-    },
-    Submitted {
-        host: usize,
-        job_id: String,
-    },
-    Output {
-        host: usize,
-        stream: StreamName,
-        data: String,
-    },
-    /// Something the operator should know that is not the job's output.
-    Notice {
-        host: usize,
-        message: String,
-    },
-    /// The same, about the run rather than one host.
-    Message {
-        message: String,
-    },
-    Finished {
-        host: usize,
-        report: HostReport,
-    },
 }
 
 /// Jobs submitted (or being submitted) and not yet ended: what Ctrl-C must cancel.
@@ -413,42 +246,6 @@ pub async fn run_all(
     reports.into_iter().flatten().collect()
 }
 
-/// Output collected from a stream: sizes and hashes of everything, text up to a bound.
-struct Capture {
-    text: String,
-    bytes: u64,
-    hasher: Sha256,
-    truncated: bool,
-}
-
-/// Most output text kept per stream for `--output json` and the report.
-const MAX_CAPTURE_BYTES: usize = 8 * 1024 * 1024;
-
-impl Capture {
-    fn new() -> Capture {
-        Capture {
-            text: String::new(),
-            bytes: 0,
-            hasher: Sha256::new(),
-            truncated: false,
-        }
-    }
-
-    fn add(&mut self, data: &str) {
-        self.bytes += data.len() as u64;
-        self.hasher.update(data.as_bytes());
-        if self.text.len() + data.len() <= MAX_CAPTURE_BYTES {
-            self.text.push_str(data);
-        } else {
-            self.truncated = true;
-        }
-    }
-
-    fn sha256(&self) -> String {
-        hex::encode(self.hasher.clone().finalize())
-    }
-}
-
 async fn run_host(host: usize, client: &Client, context: &Context) -> HostReport {
     context.emit(RunEvent::Started { host }).await;
     let job_id = new_job_id();
@@ -535,171 +332,6 @@ async fn submit_and_follow(
             }
         },
     }
-}
-
-/// Sizes and hashes of a job's output, for the history.
-struct OutputRecord {
-    result: Option<JobResult>,
-    stdout_bytes: u64,
-    stderr_bytes: u64,
-    stdout_sha256: String,
-    stderr_sha256: String,
-}
-
-async fn follow(
-    host: usize,
-    client: &Client,
-    context: &Context,
-    job_id: &str,
-) -> (HostReport, Option<OutputRecord>) {
-    let mut stdout = Capture::new();
-    let mut stderr = Capture::new();
-    let mut final_frame = None;
-    let mut stream_complete = false;
-    let mut reconnects = 0;
-    if context.options.stream {
-        let mut stream = client.stream(job_id, 0);
-        loop {
-            match stream.next().await {
-                Ok(Some(frame)) if frame.is_final => {
-                    final_frame = Some(frame);
-                    stream_complete = true;
-                    break;
-                }
-                Ok(Some(frame)) => {
-                    match frame.stream {
-                        StreamName::Stdout => stdout.add(&frame.data),
-                        StreamName::Stderr => stderr.add(&frame.data),
-                    }
-                    context
-                        .emit(RunEvent::Output {
-                            host,
-                            stream: frame.stream,
-                            data: frame.data,
-                        })
-                        .await;
-                }
-                Ok(None) => {
-                    stream_complete = true;
-                    break;
-                }
-                Err(error) => {
-                    context
-                        .emit(RunEvent::Notice {
-                            host,
-                            message: format!(
-                                "{error}; waiting for the result (live output may be incomplete)"
-                            ),
-                        })
-                        .await;
-                    break;
-                }
-            }
-        }
-        reconnects = stream.reconnects();
-    }
-
-    // After the final frame the result is there at once; otherwise poll for it.
-    let limit = final_frame.as_ref().map(|_| Duration::from_secs(30));
-    let result = match client.wait(job_id, limit).await {
-        Ok(result) => Some(result),
-        Err(error) => match &final_frame {
-            Some(_) => {
-                context
-                    .emit(RunEvent::Notice {
-                        host,
-                        message: format!("could not read the job's result: {error}"),
-                    })
-                    .await;
-                None
-            }
-            None => {
-                let mut report = HostReport::from_error(client, Some(job_id.to_string()), &error);
-                report.stream_reconnects = reconnects;
-                return (report, None);
-            }
-        },
-    };
-
-    if !stream_complete {
-        // Polled, or the stream was lost: the output comes from the stored result. What was
-        // already printed live is not printed again.
-        if let Some(result) = &result {
-            for (stream, seen, data) in [
-                (StreamName::Stdout, &stdout.text, &result.stdout),
-                (StreamName::Stderr, &stderr.text, &result.stderr),
-            ] {
-                let rest = data.strip_prefix(seen.as_str()).unwrap_or_default();
-                if !rest.is_empty() {
-                    context
-                        .emit(RunEvent::Output {
-                            host,
-                            stream,
-                            data: rest.to_string(),
-                        })
-                        .await;
-                }
-            }
-            stdout = Capture::new();
-            stderr = Capture::new();
-            stdout.add(&result.stdout);
-            stderr.add(&result.stderr);
-        }
-    }
-
-    let mut report = HostReport::new(client, HostStatus::Error);
-    report.job_id = Some(job_id.to_string());
-    report.stream_reconnects = reconnects;
-    match &result {
-        Some(result) => {
-            report.status = match result.status {
-                JobStatus::Completed => HostStatus::Completed,
-                JobStatus::Failed => HostStatus::Failed,
-                JobStatus::Rejected => HostStatus::Rejected,
-                JobStatus::Pending | JobStatus::Running => HostStatus::Error,
-            };
-            report.exit_code = (result.exit_code >= 0).then_some(result.exit_code);
-            report.duration_ms = Some(result.duration_ms);
-            report.reason = result.reason.clone();
-            report.error = result.error.clone();
-            report.stdout_truncated = result.stdout_truncated || stdout.truncated;
-            report.stderr_truncated = result.stderr_truncated || stderr.truncated;
-        }
-        None => {
-            if let Some(frame) = &final_frame {
-                report.status = match frame.status {
-                    Some(JobStatus::Completed) => HostStatus::Completed,
-                    Some(JobStatus::Failed) => HostStatus::Failed,
-                    Some(JobStatus::Rejected) => HostStatus::Rejected,
-                    _ => HostStatus::Error,
-                };
-                report.exit_code = frame.exit_code.filter(|code| *code >= 0);
-                report.reason = Some("result unavailable".into());
-            }
-        }
-    }
-    let pick = |agent: Option<&String>, ours: String| match agent {
-        Some(hash) if !hash.is_empty() => hash.clone(),
-        _ => ours,
-    };
-    let record = OutputRecord {
-        stdout_bytes: result
-            .as_ref()
-            .map(|r| r.stdout_bytes)
-            .filter(|b| *b > 0)
-            .unwrap_or(stdout.bytes),
-        stderr_bytes: result
-            .as_ref()
-            .map(|r| r.stderr_bytes)
-            .filter(|b| *b > 0)
-            .unwrap_or(stderr.bytes),
-        stdout_sha256: pick(result.as_ref().map(|r| &r.stdout_sha256), stdout.sha256()),
-        stderr_sha256: pick(result.as_ref().map(|r| &r.stderr_sha256), stderr.sha256()),
-        result,
-    };
-    report.stdout = stdout.text;
-    report.stderr = stderr.text;
-    (report, Some(record))
 }
 
 /// The history outcome of a host report.
@@ -793,20 +425,5 @@ mod tests {
         assert_eq!(MaxErrors::Percent(25).allowed(10), 2);
         assert_eq!(MaxErrors::Percent(100).allowed(7), 7);
         assert_eq!(MaxErrors::Percent(0).allowed(7), 0);
-    }
-
-    #[test]
-    fn capture_bounds_text_but_hashes_everything() {
-        let mut capture = Capture::new();
-        capture.add("abc");
-        assert_eq!(capture.bytes, 3);
-        assert_eq!(
-            capture.sha256(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        capture.add(&"x".repeat(MAX_CAPTURE_BYTES));
-        assert!(capture.truncated);
-        assert_eq!(capture.text, "abc");
-        assert_eq!(capture.bytes, 3 + MAX_CAPTURE_BYTES as u64);
     }
 }

@@ -8,9 +8,23 @@ use std::path::{Path, PathBuf};
 use reqwest::Url;
 use serde::{Deserialize, Deserializer};
 
+mod lines;
+
+use lines::{
+    line_of_key_from, line_with_key_and_value, nth_line_containing, nth_line_with_key_and_value,
+    strip_location, top_level_line,
+};
+
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(
+        "config file {} does not exist: create it with `quickcmd config init --config {}`, \
+         or leave out --config and QUICKCMD_CONFIG",
+        path.display(),
+        path.display()
+    )]
+    Missing { path: PathBuf },
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -145,6 +159,9 @@ pub struct ControllerConfig {
     pub ca_cert: Option<PathBuf>,
     pub audit_db_path: Option<PathBuf>,
     pub agents: Vec<InventoryAgent>,
+    /// The line of each file-valued key (`hmac_secret_file`, `agents[0].ca_cert`, …), taken
+    /// from the one read of the file, for messages about files that fail to load later.
+    pub key_lines: BTreeMap<String, usize>,
 }
 
 /// `$XDG_CONFIG_HOME/quickcmd/controller.yaml` (or `~/.config/...`).
@@ -173,9 +190,17 @@ impl ControllerConfig {
     pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
         // A config file is small; refusing huge ones keeps a wrong path from being slurped.
         const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
-        let metadata = std::fs::metadata(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
+        let metadata = std::fs::metadata(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         if metadata.len() > MAX_CONFIG_BYTES {
             return Err(ConfigError::ParseNoLocation {
@@ -227,6 +252,16 @@ impl ControllerConfig {
         let resolve =
             |p: Option<PathBuf>| p.map(|p| if p.is_absolute() { p } else { base.join(p) });
 
+        let mut key_lines = BTreeMap::new();
+        for (key, value) in [
+            ("hmac_secret_file", &raw.hmac_secret_file),
+            ("ca_cert", &raw.ca_cert),
+            ("audit_db_path", &raw.audit_db_path),
+        ] {
+            if let Some(line) = value.as_ref().and_then(|_| top_level_line(text, key)) {
+                key_lines.insert(key.to_string(), line);
+            }
+        }
         let mut seen_names = BTreeSet::new();
         let mut agents = Vec::with_capacity(raw.agents.len());
         let invalid = |key: String, line: Option<usize>, message: String| ConfigError::Invalid {
@@ -273,6 +308,19 @@ impl ControllerConfig {
                     });
                 }
             }
+            let name_line = line_with_key_and_value(text, "name", &agent.name);
+            for (field, value) in [
+                ("hmac_secret_file", &agent.hmac_secret_file),
+                ("ca_cert", &agent.ca_cert),
+            ] {
+                let line = value
+                    .as_ref()
+                    .and(name_line)
+                    .and_then(|from| line_of_key_from(text, field, from));
+                if let Some(line) = line {
+                    key_lines.insert(format!("agents[{index}].{field}"), line);
+                }
+            }
             agents.push(InventoryAgent {
                 name: agent.name,
                 url,
@@ -290,6 +338,7 @@ impl ControllerConfig {
             ca_cert: resolve(raw.ca_cert),
             audit_db_path: resolve(raw.audit_db_path),
             agents,
+            key_lines,
         })
     }
 
@@ -309,54 +358,16 @@ impl ControllerConfig {
         }
     }
 
-    /// An error about `key` of this config, with the line of its first mention.
-    pub fn invalid(&self, key: &str, line: Option<usize>, message: String) -> ConfigError {
+    /// An error about `key` of this config (a file-valued key that serde accepted but
+    /// whose file fails later, say), at the line the key was read from.
+    pub fn invalid(&self, key: &str, message: String) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.clone().unwrap_or_default(),
             key: key.to_string(),
-            line,
+            line: self.key_lines.get(key).copied(),
             message,
         }
     }
-
-    /// The 1-based line where `needle` occurs in the config file, for messages about values
-    /// that serde accepted but that fail later (a missing secret file, say).
-    pub fn line_of(&self, needle: &str) -> Option<usize> {
-        let text = std::fs::read_to_string(self.path.as_ref()?).ok()?;
-        nth_line_containing(&text, needle, 1)
-    }
-}
-
-/// serde_yaml appends " at line L column C"; we print the location up front instead.
-fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(index) => message[..index].to_string(),
-        None => message.to_string(),
-    }
-}
-
-/// The 1-based line of the first line that holds both `key:` and `value`.
-fn line_with_key_and_value(text: &str, key: &str, value: &str) -> Option<usize> {
-    nth_line_with_key_and_value(text, key, value, 1)
-}
-
-/// The 1-based line of the `n`th line that holds both `key:` and `value`.
-fn nth_line_with_key_and_value(text: &str, key: &str, value: &str, n: usize) -> Option<usize> {
-    let key = format!("{key}:");
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| line.contains(&key) && line.contains(value))
-        .nth(n.saturating_sub(1))
-        .map(|(index, _)| index + 1)
-}
-
-/// The 1-based line of the `n`th line containing `needle`.
-fn nth_line_containing(text: &str, needle: &str, n: usize) -> Option<usize> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| line.contains(needle))
-        .nth(n.saturating_sub(1))
-        .map(|(index, _)| index + 1)
 }
 
 #[cfg(test)]
