@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::types::{Type, Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use crate::store::sqlite::{self, for_job, SetupError, SqliteHandle, Synchronous};
+use crate::db::{self, for_job, SetupError, SqliteHandle, Synchronous};
 
 pub use self::types::{
     AuditEvent, AuditKind, AuditRow, BadRow, ChainHead, ParseAuditKindError, VerifyReport,
@@ -197,7 +197,7 @@ impl AuditLog {
     /// if needed. The parent directory must exist.
     pub fn open(path: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
         let path = path.as_ref();
-        let conn = sqlite::open_read_write(path, Synchronous::Full, MIGRATIONS)
+        let conn = db::open_read_write(path, Synchronous::Full, MIGRATIONS)
             .map_err(|error| setup_error(path, error))?;
         Ok(AuditLog::from_connection(path, conn))
     }
@@ -232,7 +232,7 @@ impl AuditLog {
     }
 
     /// Blocking twin of [`AuditLog::append`].
-    pub fn append_blocking(&self, event: AuditEvent) -> Result<i64, AuditError> {
+    fn append_blocking(&self, event: AuditEvent) -> Result<i64, AuditError> {
         let path = &self.inner.path;
         let details =
             serde_json::to_string(&event.details).map_err(|source| AuditError::Details {
@@ -354,7 +354,7 @@ impl AuditLog {
     }
 
     /// Blocking twin of [`AuditLog::check`].
-    pub fn check_blocking(&self) -> Result<(), AuditError> {
+    fn check_blocking(&self) -> Result<(), AuditError> {
         self.with_conn(|conn| {
             conn.query_row(
                 "SELECT id FROM audit_log ORDER BY id DESC LIMIT 1",
@@ -385,7 +385,7 @@ fn open_reader(path: &Path) -> Result<Connection, AuditError> {
         }
     }
     let (conn, version) =
-        sqlite::open_read_only(path, SCHEMA_VERSION).map_err(|error| setup_error(path, error))?;
+        db::open_read_only(path, SCHEMA_VERSION).map_err(|error| setup_error(path, error))?;
     if version == 0 {
         return Err(AuditError::NotAnAuditLog {
             path: path.to_path_buf(),

@@ -3,9 +3,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use super::sqlite::SqliteHandle;
 use super::types::SqlStatus;
 use super::{InsertOutcome, JobOutcome, JobRecord, JobStatus, NewJob, Store, StoreError};
+use crate::db::SqliteHandle;
 
 /// The columns `job_from_row` reads, in its order.
 const JOB_COLUMNS: &str = "job_id, controller_id, command, prompt, payload_json, signature, \
@@ -74,13 +74,13 @@ impl Store {
     ///
     /// A job inserted with a final status (`Rejected`) never ran: it gets
     /// `ended_at_ms = created_at_ms` and exit code -1.
-    pub async fn insert_job(&self, job: NewJob) -> Result<InsertOutcome, StoreError> {
+    pub(crate) async fn insert_job(&self, job: NewJob) -> Result<InsertOutcome, StoreError> {
         self.spawn(move |store| store.insert_job_blocking(job))
             .await
     }
 
     /// Blocking twin of [`Store::insert_job`].
-    pub fn insert_job_blocking(&self, job: NewJob) -> Result<InsertOutcome, StoreError> {
+    pub(super) fn insert_job_blocking(&self, job: NewJob) -> Result<InsertOutcome, StoreError> {
         let sql = self.sql_error("insert job", Some(&job.job_id));
         self.with_conn(|conn| {
             let tx = conn
@@ -132,14 +132,14 @@ impl Store {
     }
 
     /// The job with this id, if it is stored.
-    pub async fn get_job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    pub(crate) async fn get_job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         let job_id = job_id.to_owned();
         self.spawn(move |store| store.get_job_blocking(&job_id))
             .await
     }
 
     /// Blocking twin of [`Store::get_job`].
-    pub fn get_job_blocking(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    fn get_job_blocking(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         self.with_conn(|conn| {
             select_job(conn, job_id).map_err(self.sql_error("read job", Some(job_id)))
         })
@@ -147,7 +147,7 @@ impl Store {
 
     /// One controller's jobs, newest first (by `created_at_ms`, then insertion order),
     /// optionally only those with `status`, at most `limit` of them.
-    pub async fn list_jobs(
+    pub(crate) async fn list_jobs(
         &self,
         controller_id: &str,
         status: Option<JobStatus>,
@@ -159,7 +159,7 @@ impl Store {
     }
 
     /// Blocking twin of [`Store::list_jobs`].
-    pub fn list_jobs_blocking(
+    fn list_jobs_blocking(
         &self,
         controller_id: &str,
         status: Option<JobStatus>,
@@ -192,7 +192,7 @@ impl Store {
     /// [`StoreError::JobNotFound`].
     ///
     /// `sandbox_id` is stored when `Some`.
-    pub async fn mark_running(
+    pub(crate) async fn mark_running(
         &self,
         job_id: &str,
         started_at_ms: i64,
@@ -204,7 +204,7 @@ impl Store {
     }
 
     /// Blocking twin of [`Store::mark_running`].
-    pub fn mark_running_blocking(
+    fn mark_running_blocking(
         &self,
         job_id: &str,
         started_at_ms: i64,
@@ -235,18 +235,18 @@ impl Store {
     /// the job already has a final status: the first outcome wins (a cancel racing a
     /// normal exit cannot overwrite it). `outcome.status` must be final
     /// ([`StoreError::NotFinal`] otherwise); an unknown id is [`StoreError::JobNotFound`].
-    pub async fn finish_job(&self, job_id: &str, outcome: JobOutcome) -> Result<bool, StoreError> {
+    pub(crate) async fn finish_job(
+        &self,
+        job_id: &str,
+        outcome: JobOutcome,
+    ) -> Result<bool, StoreError> {
         let job_id = job_id.to_owned();
         self.spawn(move |store| store.finish_job_blocking(&job_id, outcome))
             .await
     }
 
     /// Blocking twin of [`Store::finish_job`].
-    pub fn finish_job_blocking(
-        &self,
-        job_id: &str,
-        outcome: JobOutcome,
-    ) -> Result<bool, StoreError> {
+    fn finish_job_blocking(&self, job_id: &str, outcome: JobOutcome) -> Result<bool, StoreError> {
         if !outcome.status.is_final() {
             return Err(StoreError::NotFinal {
                 job_id: job_id.to_owned(),
@@ -294,12 +294,14 @@ impl Store {
 
     /// Jobs that were pending or running, oldest first: after a restart, these are the
     /// ones the previous process left unfinished.
-    pub async fn interrupted_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+    #[cfg(test)]
+    pub(crate) async fn interrupted_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         self.spawn(|store| store.interrupted_jobs_blocking()).await
     }
 
     /// Blocking twin of [`Store::interrupted_jobs`].
-    pub fn interrupted_jobs_blocking(&self) -> Result<Vec<JobRecord>, StoreError> {
+    #[cfg(test)]
+    fn interrupted_jobs_blocking(&self) -> Result<Vec<JobRecord>, StoreError> {
         self.with_conn(|conn| {
             select_unfinished(conn).map_err(self.sql_error("list interrupted jobs", None))
         })
@@ -308,7 +310,7 @@ impl Store {
     /// Fails every pending or running job in one transaction: status `failed`, the given
     /// `reason` (e.g. `agent_restart`), exit code -1, an error sentence naming the reason.
     /// Returns their ids, oldest first.
-    pub async fn fail_interrupted(
+    pub(crate) async fn fail_interrupted(
         &self,
         reason: &str,
         ended_at_ms: i64,
@@ -319,7 +321,7 @@ impl Store {
     }
 
     /// Blocking twin of [`Store::fail_interrupted`].
-    pub fn fail_interrupted_blocking(
+    fn fail_interrupted_blocking(
         &self,
         reason: &str,
         ended_at_ms: i64,
@@ -350,12 +352,14 @@ impl Store {
 
     /// How many jobs have each status; every status is listed, in [`JobStatus::ALL`]
     /// order, with 0 when there are none.
-    pub async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+    #[cfg(test)]
+    pub(crate) async fn count_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
         self.spawn(|store| store.count_by_status_blocking()).await
     }
 
     /// Blocking twin of [`Store::count_by_status`].
-    pub fn count_by_status_blocking(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+    #[cfg(test)]
+    fn count_by_status_blocking(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
         let sql = self.sql_error("count jobs", None);
         self.with_conn(|conn| {
             let mut statement = conn
@@ -384,13 +388,13 @@ impl Store {
     /// Deletes final jobs created before `older_than_ms`, with their frames, and returns
     /// how many jobs went. A job whose `ttl` (unix seconds) is still `>= now` stays, so a
     /// replay of its payload is still refused; an unfinished job always stays.
-    pub async fn purge(&self, older_than_ms: i64, now_ms: i64) -> Result<usize, StoreError> {
+    pub(crate) async fn purge(&self, older_than_ms: i64, now_ms: i64) -> Result<usize, StoreError> {
         self.spawn(move |store| store.purge_blocking(older_than_ms, now_ms))
             .await
     }
 
     /// Blocking twin of [`Store::purge`].
-    pub fn purge_blocking(&self, older_than_ms: i64, now_ms: i64) -> Result<usize, StoreError> {
+    fn purge_blocking(&self, older_than_ms: i64, now_ms: i64) -> Result<usize, StoreError> {
         // Compare in seconds, rounding now down: a job is kept through its ttl second.
         let now_seconds = now_ms.div_euclid(1000);
         let purgeable = format!("created_at_ms < ?1 AND ttl < ?2 AND NOT ({UNFINISHED})");
