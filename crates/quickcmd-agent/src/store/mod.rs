@@ -1,9 +1,9 @@
 //! Durable job state: jobs and their stored log frames in one SQLite file
 //! (`<data_dir>/agent.db`), so job ids, results and output survive a restart.
 //!
-//! [`Store`] is a cheap `Clone` handle over one connection. Each operation exists twice:
-//! `foo` is `async` and runs the SQL on tokio's blocking pool, `foo_blocking` runs it on
-//! the calling thread (for the CLI and for code already off the async threads).
+//! [`Store`] is a cheap `Clone` handle over one connection. Every operation is `async` and
+//! runs its SQL on tokio's blocking pool; the private `foo_blocking` beside each `foo` is
+//! its body, run on the calling thread (the unit tests call it directly).
 //!
 //! Invariants the SQL keeps, whatever the caller does:
 //! - a job id is inserted once; a second insert returns the stored job untouched;
