@@ -12,7 +12,7 @@ fuzz_target!(|body: &[u8]| {
     let _ = verify_submit(b"fuzz-secret-fuzz-secret-fuzz-secret", &request);
     // Re-sign the raw payload bytes: the agent must accept exactly that.
     let mut signed = request.clone();
-    signed.signature = sign::sign(b"k", request.payload_raw);
+    signed.signature = sign(b"k", request.payload_raw);
     assert!(
         verify_submit(b"k", &signed).is_ok(),
         "raw-signed payload refused"

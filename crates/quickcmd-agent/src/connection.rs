@@ -27,13 +27,13 @@ use crate::state::Agent;
 
 /// Counts open connections. A slot lives as long as the socket, so an upgraded WebSocket
 /// keeps counting after its HTTP exchange is over.
-pub struct ConnectionCap {
+pub(crate) struct ConnectionCap {
     semaphore: Arc<Semaphore>,
     agent: Arc<Agent>,
 }
 
 /// One admitted connection's place under the cap.
-pub struct Slot {
+pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     agent: Arc<Agent>,
 }
@@ -45,7 +45,7 @@ impl Drop for Slot {
 }
 
 impl ConnectionCap {
-    pub fn new(max_connections: usize, agent: Arc<Agent>) -> ConnectionCap {
+    pub(crate) fn new(max_connections: usize, agent: Arc<Agent>) -> ConnectionCap {
         ConnectionCap {
             semaphore: Arc::new(Semaphore::new(max_connections)),
             agent,
@@ -53,7 +53,7 @@ impl ConnectionCap {
     }
 
     /// A slot for a new connection, or `None` when the cap is reached (counted as refused).
-    pub fn admit(&self) -> Option<Slot> {
+    pub(crate) fn admit(&self) -> Option<Slot> {
         match self.semaphore.clone().try_acquire_owned() {
             Ok(permit) => {
                 self.agent.metrics.connection_opened();
@@ -71,13 +71,13 @@ impl ConnectionCap {
 }
 
 /// A socket that holds its slot until it is dropped.
-pub struct Counted<T> {
+pub(crate) struct Counted<T> {
     inner: T,
     _slot: Slot,
 }
 
 impl<T> Counted<T> {
-    pub fn new(inner: T, slot: Slot) -> Counted<T> {
+    pub(crate) fn new(inner: T, slot: Slot) -> Counted<T> {
         Counted { inner, _slot: slot }
     }
 }
@@ -164,7 +164,7 @@ impl Drop for InFlight {
 /// A request body that must arrive whole before a deadline. Past it, the connection is
 /// told to close and the body never yields again: the handler is dropped with the
 /// connection, so a half-sent body gets no answer and leaves no half-done work.
-pub struct TimedBody {
+pub(crate) struct TimedBody {
     inner: Incoming,
     deadline: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -204,7 +204,7 @@ impl Body for TimedBody {
 
 /// Serves HTTP on one accepted (and, with TLS, handshaken) socket until the client closes
 /// it, a timeout closes it, or the graceful shutdown has drained it.
-pub async fn serve<I>(
+pub(crate) async fn serve<I>(
     io: I,
     app: Router,
     remote: SocketAddr,

@@ -1,16 +1,26 @@
 //! The QuickCMD agent as a library: the binary in `main.rs` only parses flags and calls in.
 //! See docs/ARCHITECTURE.md for the path of a job through these modules.
+//!
+//! The public surface is what `main.rs` uses: [`server::run`], the config, the audit log
+//! (for `audit verify` / `audit list`) and the clock's formatting. Everything else is
+//! internal to the crate.
 
-pub mod api;
+mod admission;
+mod api;
 pub mod audit;
 pub mod clock;
 pub mod config;
-pub mod connection;
-pub mod jobs;
-pub mod metrics;
-pub mod privileges;
+mod connection;
+mod db;
+mod metrics;
+mod privileges;
+mod queue;
+mod runner;
 pub mod server;
-pub mod state;
-pub mod store;
-pub mod stream;
-pub mod tls;
+
+/// The paths the router serves, for the test that holds `docs/openapi.yaml` against them.
+pub use api::route_paths;
+mod state;
+mod store;
+mod stream;
+mod tls;

@@ -58,7 +58,7 @@ impl Histogram {
 }
 
 /// Every metric the agent exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     jobs_total: AtomicU64,
     jobs_running: AtomicI64,
     jobs_completed: AtomicU64,
@@ -99,16 +99,16 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A job was accepted (counted once, however often it is resubmitted).
-    pub fn job_accepted(&self) {
+    pub(crate) fn job_accepted(&self) {
         self.jobs_total.fetch_add(1, Ordering::Relaxed);
     }
-    pub fn job_started(&self) {
+    pub(crate) fn job_started(&self) {
         self.jobs_running.fetch_add(1, Ordering::Relaxed);
     }
-    pub fn job_stopped(&self) {
+    pub(crate) fn job_stopped(&self) {
         self.jobs_running.fetch_sub(1, Ordering::Relaxed);
     }
-    pub fn job_ended(&self, completed: bool, duration: Duration) {
+    pub(crate) fn job_ended(&self, completed: bool, duration: Duration) {
         if completed {
             self.jobs_completed.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -116,49 +116,49 @@ impl Metrics {
         }
         self.job_duration.observe(duration);
     }
-    pub fn job_rejected(&self) {
+    pub(crate) fn job_rejected(&self) {
         self.jobs_rejected.fetch_add(1, Ordering::Relaxed);
     }
-    pub fn refusal(&self, code: &'static str) {
+    pub(crate) fn refusal(&self, code: &'static str) {
         let mut map = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry(code).or_insert(0) += 1;
     }
-    pub fn sandbox_started(&self, latency: Duration) {
+    pub(crate) fn sandbox_started(&self, latency: Duration) {
         self.sandbox_start.observe(latency);
     }
-    pub fn set_queue_depth(&self, depth: usize) {
+    pub(crate) fn set_queue_depth(&self, depth: usize) {
         self.queue_depth.store(depth as i64, Ordering::Relaxed);
     }
-    pub fn subscriber_joined(&self) {
+    pub(crate) fn subscriber_joined(&self) {
         self.ws_subscribers.fetch_add(1, Ordering::Relaxed);
     }
-    pub fn subscriber_left(&self) {
+    pub(crate) fn subscriber_left(&self) {
         self.ws_subscribers.fetch_sub(1, Ordering::Relaxed);
     }
-    pub fn connection_opened(&self) {
+    pub(crate) fn connection_opened(&self) {
         self.connections_open.fetch_add(1, Ordering::Relaxed);
     }
-    pub fn connection_closed(&self) {
+    pub(crate) fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
-    pub fn connection_refused(&self) {
+    pub(crate) fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
     /// A connection (`header`, `body`, `idle`) or a WebSocket (`stream_send`) timed out.
-    pub fn connection_timed_out(&self, reason: &'static str) {
+    pub(crate) fn connection_timed_out(&self, reason: &'static str) {
         let mut map = self.timeouts.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry(reason).or_insert(0) += 1;
     }
     /// `/health` ran its checks (not answered from the cache).
-    pub fn health_checked(&self) {
+    pub(crate) fn health_checked(&self) {
         self.health_checks.fetch_add(1, Ordering::Relaxed);
     }
-    pub fn running(&self) -> u64 {
+    pub(crate) fn running(&self) -> u64 {
         self.jobs_running.load(Ordering::Relaxed).max(0) as u64
     }
 
     /// Prometheus text exposition format 0.0.4.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let simple = [
             (

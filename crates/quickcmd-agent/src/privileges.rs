@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use nix::unistd::{self, Gid, Group, Uid, User};
 
-pub fn drop_to(user: Option<&str>, group: Option<&str>, owned_files: &[PathBuf]) -> Result<()> {
+pub(crate) fn drop_to(
+    user: Option<&str>,
+    group: Option<&str>,
+    owned_files: &[PathBuf],
+) -> Result<()> {
     let Some(user_name) = user else {
         return Ok(());
     };

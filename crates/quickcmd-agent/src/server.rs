@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hyper_util::server::graceful::GracefulShutdown;
-use quickcmd_protocol::types::reason;
+use quickcmd_protocol::reason;
 use quickcmd_sandbox::DockerSandbox;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,7 +20,7 @@ use crate::connection::{self, ConnectionCap, Counted};
 use crate::state::Agent;
 use crate::store::Store;
 use crate::tls::{self, ReloadableCert};
-use crate::{api, clock, privileges};
+use crate::{api, clock, privileges, runner};
 
 /// Handshake deadline, so idle half-open connections cannot pile up.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -260,7 +260,7 @@ async fn drain(agent: &Arc<Agent>) {
         running = agent.jobs.running(),
         "shutting down: no new jobs"
     );
-    agent.fail_waiting(reason::AGENT_SHUTDOWN).await;
+    runner::fail_waiting(agent, reason::AGENT_SHUTDOWN).await;
     let deadline = tokio::time::Instant::now() + grace;
     while agent.jobs.live_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -270,7 +270,7 @@ async fn drain(agent: &Arc<Agent>) {
             jobs = agent.jobs.live_count(),
             "grace period over: killing running jobs"
         );
-        agent.cancel_all(reason::AGENT_SHUTDOWN).await;
+        runner::cancel_all(agent, reason::AGENT_SHUTDOWN).await;
         let hard_deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while agent.jobs.live_count() > 0 && tokio::time::Instant::now() < hard_deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;

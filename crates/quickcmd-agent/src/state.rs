@@ -8,11 +8,11 @@ use quickcmd_sandbox::DockerSandbox;
 
 use crate::audit::AuditLog;
 use crate::config::AgentConfig;
-use crate::jobs::JobQueue;
 use crate::metrics::Metrics;
+use crate::queue::JobQueue;
 use crate::store::Store;
 
-pub struct Agent {
+pub(crate) struct Agent {
     config: RwLock<Arc<AgentConfig>>,
     pub store: Store,
     pub audit: AuditLog,
@@ -23,7 +23,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(
+    pub(crate) fn new(
         config: AgentConfig,
         store: Store,
         audit: AuditLog,
@@ -41,22 +41,22 @@ impl Agent {
     }
 
     /// The config in force now; a request keeps the one it started with.
-    pub fn config(&self) -> Arc<AgentConfig> {
+    pub(crate) fn config(&self) -> Arc<AgentConfig> {
         self.config
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    pub fn replace_config(&self, config: AgentConfig) {
+    pub(crate) fn replace_config(&self, config: AgentConfig) {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
 }

@@ -12,7 +12,7 @@ use crate::config::TlsFiles;
 
 /// Why the certificate or key could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -36,7 +36,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Loads a certificate chain and key from PEM files.
-pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
+pub(crate) fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
     let cert_pem = read(&files.cert_file)?;
     let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<_, _>>()
@@ -67,18 +67,18 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsErro
 
 /// The resolver rustls asks for every handshake.
 #[derive(Debug)]
-pub struct ReloadableCert {
+pub(crate) struct ReloadableCert {
     current: RwLock<Arc<CertifiedKey>>,
 }
 
 impl ReloadableCert {
-    pub fn new(key: Arc<CertifiedKey>) -> Arc<ReloadableCert> {
+    pub(crate) fn new(key: Arc<CertifiedKey>) -> Arc<ReloadableCert> {
         Arc::new(ReloadableCert {
             current: RwLock::new(key),
         })
     }
 
-    pub fn replace(&self, key: Arc<CertifiedKey>) {
+    pub(crate) fn replace(&self, key: Arc<CertifiedKey>) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
     }
 }
@@ -95,7 +95,9 @@ impl ResolvesServerCert for ReloadableCert {
 }
 
 /// A rustls server config: TLS 1.2 and 1.3 only, ALPN h2 and http/1.1.
-pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub(crate) fn server_config(
+    resolver: Arc<ReloadableCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?

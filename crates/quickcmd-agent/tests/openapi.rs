@@ -46,7 +46,7 @@ async fn the_agent_serves_docs_openapi_yaml_and_it_covers_every_route() {
 
     // Every route the router serves is described, and nothing else is.
     let paths = served["paths"].as_object().expect("paths is an object");
-    let served_routes: BTreeSet<&str> = quickcmd_agent::api::route_paths().into_iter().collect();
+    let served_routes: BTreeSet<&str> = quickcmd_agent::route_paths().into_iter().collect();
     let since = |path: &str, method: &str| paths[path][method]["x-quickcmd-since"].as_str();
     let described_routes: BTreeSet<&str> = paths
         .iter()

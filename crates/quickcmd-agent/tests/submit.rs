@@ -65,7 +65,7 @@ async fn malformed_bodies_are_400() {
     let p = payload("ctl-a", &job_id, "echo hi");
     let json = p.to_signed_json().expect("serializes");
     let good = agent.body(&p);
-    let signature = sign::sign(agent.secret_of("ctl-a").as_bytes(), json.as_bytes());
+    let signature = sign(agent.secret_of("ctl-a").as_bytes(), json.as_bytes());
 
     let ttl = format!(r#","ttl":{}"#, p.ttl);
     let cases: Vec<(&str, String)> = vec![
@@ -154,7 +154,7 @@ async fn unsupported_algorithm_unknown_controller_and_bad_signatures() {
     let job_id = unique("alg");
     let p = payload("ctl-a", &job_id, "true");
     let json = p.to_signed_json().expect("serializes");
-    let signature = sign::sign(agent.secret_of("ctl-a").as_bytes(), json.as_bytes());
+    let signature = sign(agent.secret_of("ctl-a").as_bytes(), json.as_bytes());
     for algorithm in ["HMAC-SHA512", "hmac-sha256", "none", ""] {
         let reply = agent.post(body_from(&json, &signature, algorithm)).await;
         reply.assert_error(400, "UNSUPPORTED_ALGORITHM");
@@ -339,7 +339,7 @@ async fn unsigned_sandbox_cannot_ride_along_in_canonical_mode() {
     let p = payload("ctl-a", &job_id, "echo canonical");
     let secret = agent.secret_of("ctl-a");
     let canonical = p.go_canonical_json().expect("serializes");
-    let signature = sign::sign(secret.as_bytes(), canonical.as_bytes());
+    let signature = sign(secret.as_bytes(), canonical.as_bytes());
 
     // The Go form re-indented verifies in canonical mode…
     let pretty: serde_json::Value = serde_json::from_str(&canonical).expect("json");

@@ -12,7 +12,7 @@ use crate::json::{self, JsonError, Node, Value};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The payload fields of the reference Go struct, in the order Go writes them.
-pub const PAYLOAD_FIELDS: [&str; 10] = [
+pub(crate) const PAYLOAD_FIELDS: [&str; 10] = [
     "job_id",
     "prompt",
     "command",
@@ -26,7 +26,7 @@ pub const PAYLOAD_FIELDS: [&str; 10] = [
 ];
 
 /// The optional extension field; signed only in the raw form.
-pub const SANDBOX_FIELD: &str = "sandbox";
+pub(crate) const SANDBOX_FIELD: &str = "sandbox";
 
 /// What a controller asks of the sandbox; every value is capped by the agent's config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -27,7 +27,7 @@ pub fn sign(secret: &[u8], message: &[u8]) -> String {
 }
 
 /// Whether `signature_hex` is the HMAC of `message`; hex case is not significant.
-pub fn verify(secret: &[u8], message: &[u8], signature_hex: &str) -> bool {
+pub(crate) fn verify(secret: &[u8], message: &[u8], signature_hex: &str) -> bool {
     let Ok(expected) = hex::decode(signature_hex) else {
         return false;
     };
@@ -89,7 +89,7 @@ pub fn verify_submit(
 }
 
 /// The message a read request signs: `METHOD\nPATH\nTIMESTAMP` (PATH without query).
-pub fn read_auth_message(method: &str, path: &str, timestamp: i64) -> String {
+pub(crate) fn read_auth_message(method: &str, path: &str, timestamp: i64) -> String {
     format!("{}\n{}\n{}", method.to_ascii_uppercase(), path, timestamp)
 }
 
@@ -194,7 +194,7 @@ impl ReadAuth {
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
-pub fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

@@ -61,6 +61,8 @@ pub mod reason {
     pub const AGENT_SHUTDOWN: &str = "agent_shutdown";
     pub const SANDBOX_ERROR: &str = "sandbox_error";
     pub const IMAGE_UNAVAILABLE: &str = "image_unavailable";
+    /// The audit log could not be written, so the job did not run.
+    pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 }
 
 /// `202` answer to a submit.

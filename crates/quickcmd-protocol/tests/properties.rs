@@ -76,7 +76,7 @@ proptest! {
     #[test]
     fn signed_payload_round_trips_and_verifies(payload in payload(), secret in "[a-f0-9]{32,64}") {
         let signed = payload.to_signed_json().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let signature = sign::sign(secret.as_bytes(), signed.as_bytes());
+        let signature = sign(secret.as_bytes(), signed.as_bytes());
         let body = format!(r#"{{"payload":{signed},"signature":{{"signature":"{signature}","algorithm":"HMAC-SHA256"}}}}"#);
         let request = parse_submit(body.as_bytes()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(request.payload_raw, signed.as_bytes());
@@ -89,7 +89,7 @@ proptest! {
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             if let Ok(reformatted) = parse_submit(pretty.as_bytes()) {
                 let go = payload.go_canonical_json().map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let go_signature = sign::sign(secret.as_bytes(), go.as_bytes());
+                let go_signature = sign(secret.as_bytes(), go.as_bytes());
                 let mut reformatted = reformatted;
                 reformatted.signature = go_signature;
                 prop_assert!(verify_submit(secret.as_bytes(), &reformatted).is_ok());

@@ -89,7 +89,9 @@ pub struct SandboxOutcome {
 
 /// Exit code reported for a timeout, as coreutils `timeout` does.
 pub const TIMEOUT_EXIT_CODE: i64 = 124;
-/// Exit code reported when a job is cancelled before its process ever ran (128 + SIGKILL).
+/// Exit code reported for a cancelled job whose container was killed but whose own exit
+/// code the engine did not report within the kill wait (128 + SIGKILL). A job cancelled
+/// before its container started reports [`NOT_RUN_EXIT_CODE`] instead.
 pub const CANCELLED_EXIT_CODE: i64 = 137;
 
 /// Exit code reported when no command ran.

@@ -44,7 +44,7 @@ pub fn body_from(payload_json: &str, signature: &str, algorithm: &str) -> String
 /// The body a controller sends: the payload's signed JSON and its HMAC under `secret`.
 pub fn signed_body(payload: &JobPayload, secret: &str) -> String {
     let json = payload.to_signed_json().expect("test payloads serialize");
-    let signature = sign::sign(secret.as_bytes(), json.as_bytes());
+    let signature = sign(secret.as_bytes(), json.as_bytes());
     body_from(&json, &signature, "HMAC-SHA256")
 }
 

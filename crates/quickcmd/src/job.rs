@@ -96,7 +96,7 @@ pub fn sign_job(
     if spec.command.trim().is_empty() {
         return Err(JobError::EmptyCommand);
     }
-    if !quickcmd_protocol::payload::is_valid_job_id(job_id) {
+    if !quickcmd_protocol::is_valid_job_id(job_id) {
         return Err(JobError::BadJobId(job_id.to_string()));
     }
     let ttl_seconds = i64::try_from(spec.ttl.as_secs().max(1)).unwrap_or(i64::MAX / 2);
@@ -119,7 +119,7 @@ pub fn sign_job(
     let payload_json = payload
         .to_signed_json()
         .map_err(|e| JobError::Encode(e.to_string()))?;
-    let signature = sign::sign(secret.as_bytes(), payload_json.as_bytes());
+    let signature = sign(secret.as_bytes(), payload_json.as_bytes());
     // String concatenation, not re-serialization: the payload bytes must stay the signed ones.
     let body = format!(
         "{{\"payload\":{payload_json},\"signature\":{{\"signature\":\"{signature}\",\"algorithm\":\"{ALGORITHM}\"}}}}"
@@ -199,9 +199,7 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len());
-        assert!(ids
-            .iter()
-            .all(|id| quickcmd_protocol::payload::is_valid_job_id(id)));
+        assert!(ids.iter().all(|id| quickcmd_protocol::is_valid_job_id(id)));
         let (first, last) = (&ids[0], &ids[ids.len() - 1]);
         assert!(first < last, "{first} then {last}");
     }

@@ -2,7 +2,7 @@
 
 mod auth;
 mod health;
-mod jobs;
+mod job_routes;
 mod openapi;
 mod stream;
 mod submit;
@@ -14,18 +14,21 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
-use quickcmd_protocol::{ErrorBody, ErrorCode};
+use quickcmd_protocol::{ErrorBody, ErrorCode, PayloadError};
 
+use crate::admission::{Refusal, Refused};
 use crate::state::Agent;
-
-pub use openapi::{openapi_json, OPENAPI_YAML};
+use crate::store::StoreError;
 
 /// Every route the agent serves: the one list the router is built from, so that tests can
 /// hold `docs/openapi.yaml` against it.
 fn routes(health_cache: Arc<health::HealthCache>) -> Vec<(&'static str, MethodRouter<Arc<Agent>>)> {
     vec![
-        ("/api/v1/jobs", post(submit::submit).get(jobs::list)),
-        ("/api/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel)),
+        ("/api/v1/jobs", post(submit::submit).get(job_routes::list)),
+        (
+            "/api/v1/jobs/{id}",
+            get(job_routes::get).delete(job_routes::cancel),
+        ),
         ("/api/v1/stream/{id}", get(stream::stream)),
         ("/api/v1/openapi.json", get(openapi::openapi)),
         (
@@ -45,7 +48,7 @@ pub fn route_paths() -> Vec<&'static str> {
 }
 
 /// Builds the router over the shared agent state.
-pub fn router(agent: Arc<Agent>) -> Router {
+pub(crate) fn router(agent: Arc<Agent>) -> Router {
     routes(Arc::new(health::HealthCache::default()))
         .into_iter()
         .fold(Router::new(), |router, (path, methods)| {
@@ -69,7 +72,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// Every error answer: status from the code, body `{"error", "code", "details"}`.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Option<String>,
@@ -77,7 +80,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             code,
             message: message.into(),
@@ -85,10 +88,53 @@ impl ApiError {
             retry_after_seconds: None,
         }
     }
+}
 
-    pub fn with_details(mut self, details: impl Into<String>) -> ApiError {
-        self.details = Some(details.into());
-        self
+/// The one place a job-store failure becomes an answer: logged in full, answered 500
+/// without the SQL details.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        tracing::error!(%error, "job store error");
+        ApiError::new(
+            ErrorCode::Internal,
+            "the agent could not read or write its job store; see the agent log",
+        )
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        ApiError {
+            code: refusal.code,
+            message: refusal.message,
+            details: refusal.details,
+            retry_after_seconds: refusal.retry_after_seconds,
+        }
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> ApiError {
+        match refused {
+            Refused::Check(refusal) => refusal.into(),
+            Refused::Store(error) => error.into(),
+            Refused::AuditUnavailable => ApiError::new(
+                ErrorCode::AuditUnavailable,
+                "the audit log cannot be written, so no job is accepted",
+            ),
+        }
+    }
+}
+
+/// A body that is not a well-formed submit request.
+impl From<PayloadError> for ApiError {
+    fn from(error: PayloadError) -> ApiError {
+        let code = match &error {
+            PayloadError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            PayloadError::InvalidJson(_) => ErrorCode::InvalidJson,
+            PayloadError::InvalidPayload(_) => ErrorCode::InvalidPayload,
+        };
+        ApiError::new(code, error.to_string())
     }
 }
 

@@ -9,10 +9,10 @@ use quickcmd_protocol::ErrorCode;
 use super::ApiError;
 
 /// The description of the whole API, as written (YAML).
-pub const OPENAPI_YAML: &str = include_str!("../../../../docs/openapi.yaml");
+pub(super) const OPENAPI_YAML: &str = include_str!("../../../../docs/openapi.yaml");
 
 /// The description as compact JSON, or why the embedded YAML could not be converted.
-pub fn openapi_json() -> Result<&'static str, &'static str> {
+pub(super) fn openapi_json() -> Result<&'static str, &'static str> {
     static JSON: OnceLock<Result<String, String>> = OnceLock::new();
     JSON.get_or_init(|| {
         let value: serde_json::Value = serde_yaml::from_str(OPENAPI_YAML)

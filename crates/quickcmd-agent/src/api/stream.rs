@@ -13,9 +13,9 @@ use quickcmd_protocol::{ErrorCode, JobStatus, LogFrame, StreamName};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::{authenticate, Reader};
-use super::jobs::visible_job;
+use super::job_routes::visible_job;
 use super::ApiError;
-use crate::jobs::LiveJob;
+use crate::queue::LiveJob;
 use crate::state::Agent;
 use crate::stream::final_frame;
 

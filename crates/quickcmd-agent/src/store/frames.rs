@@ -3,8 +3,8 @@
 
 use rusqlite::{ffi, params, ErrorCode, TransactionBehavior};
 
-use super::sqlite::SqliteHandle;
 use super::{Store, StoreError, StoredFrame};
+use crate::db::SqliteHandle;
 
 /// Whether `error` is the primary-key violation a second frame with the same seq causes.
 fn is_duplicate_key(error: &rusqlite::Error) -> bool {
@@ -25,7 +25,7 @@ impl Store {
     /// error, none. A `seq` already stored is [`StoreError::DuplicateFrame`], a stream
     /// other than `stdout`/`stderr` is [`StoreError::InvalidStream`], an unknown job is
     /// [`StoreError::JobNotFound`].
-    pub async fn append_frames(
+    pub(crate) async fn append_frames(
         &self,
         job_id: &str,
         frames: &[StoredFrame],
@@ -40,7 +40,7 @@ impl Store {
     }
 
     /// Blocking twin of [`Store::append_frames`].
-    pub fn append_frames_blocking(
+    pub(super) fn append_frames_blocking(
         &self,
         job_id: &str,
         frames: &[StoredFrame],
@@ -106,7 +106,7 @@ impl Store {
     }
 
     /// The job's stored frames with `seq > since_seq`, in `seq` order (`0` for all).
-    pub async fn frames_since(
+    pub(crate) async fn frames_since(
         &self,
         job_id: &str,
         since_seq: i64,
@@ -117,7 +117,7 @@ impl Store {
     }
 
     /// Blocking twin of [`Store::frames_since`].
-    pub fn frames_since_blocking(
+    pub(super) fn frames_since_blocking(
         &self,
         job_id: &str,
         since_seq: i64,
@@ -150,7 +150,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::jobs::tests::{new_job, open};
+    use crate::store::job_rows::tests::{new_job, open};
 
     fn frame(seq: i64, stream: &str, data: &str) -> StoredFrame {
         StoredFrame {

@@ -1,9 +1,9 @@
 //! Durable job state: jobs and their stored log frames in one SQLite file
 //! (`<data_dir>/agent.db`), so job ids, results and output survive a restart.
 //!
-//! [`Store`] is a cheap `Clone` handle over one connection. Each operation exists twice:
-//! `foo` is `async` and runs the SQL on tokio's blocking pool, `foo_blocking` runs it on
-//! the calling thread (for the CLI and for code already off the async threads).
+//! [`Store`] is a cheap `Clone` handle over one connection. Every operation is `async` and
+//! runs its SQL on tokio's blocking pool; the private `foo_blocking` beside each `foo` is
+//! its body, run on the calling thread (the unit tests call it directly).
 //!
 //! Invariants the SQL keeps, whatever the caller does:
 //! - a job id is inserted once; a second insert returns the stored job untouched;
@@ -17,8 +17,7 @@
 //! ```
 
 mod frames;
-mod jobs;
-pub(crate) mod sqlite;
+mod job_rows;
 mod types;
 
 use std::fmt;
@@ -27,10 +26,10 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
 
-use self::sqlite::{for_job, SetupError, SqliteHandle, Synchronous};
-pub use self::types::{
-    InsertOutcome, JobOutcome, JobRecord, JobStatus, NewJob, ParseJobStatusError, StoredFrame,
+pub(crate) use self::types::{
+    InsertOutcome, JobOutcome, JobRecord, JobStatus, NewJob, StoredFrame,
 };
+use crate::db::{self, for_job, SetupError, SqliteHandle, Synchronous};
 
 /// Schema migrations; entry `i` takes the file from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
@@ -38,7 +37,7 @@ const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
 /// Everything that can go wrong in the job store. Every variant names the database file or
 /// the job it is about; SQL details stay in `source`, for the log rather than the client.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("cannot create job database {}: parent directory does not exist", .path.display())]
     ParentMissing { path: PathBuf },
     #[error("cannot create job database {}", .path.display())]
@@ -94,7 +93,7 @@ pub enum StoreError {
 
 /// A handle on the job database; clones share one connection.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     inner: Arc<Inner>,
 }
 
@@ -114,31 +113,30 @@ impl fmt::Debug for Store {
 impl Store {
     /// Opens the job database at `path`, creating it (mode 0600) and its schema if needed.
     /// The parent directory must exist.
-    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+    pub(crate) fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let conn =
-            sqlite::open_read_write(&path, Synchronous::Normal, MIGRATIONS).map_err(|error| {
-                match error {
-                    SetupError::ParentMissing => StoreError::ParentMissing { path: path.clone() },
-                    SetupError::Create(source) => StoreError::Create {
-                        path: path.clone(),
-                        source,
-                    },
-                    SetupError::Sqlite(source) => StoreError::Open {
-                        path: path.clone(),
-                        source: Box::new(source),
-                    },
-                    SetupError::SchemaTooNew { found, supported } => StoreError::SchemaTooNew {
-                        path: path.clone(),
-                        found,
-                        supported,
-                    },
-                    SetupError::NoWal { mode } => StoreError::NoWal {
-                        path: path.clone(),
-                        mode,
-                    },
-                }
-            })?;
+        let conn = db::open_read_write(&path, Synchronous::Normal, MIGRATIONS).map_err(
+            |error| match error {
+                SetupError::ParentMissing => StoreError::ParentMissing { path: path.clone() },
+                SetupError::Create(source) => StoreError::Create {
+                    path: path.clone(),
+                    source,
+                },
+                SetupError::Sqlite(source) => StoreError::Open {
+                    path: path.clone(),
+                    source: Box::new(source),
+                },
+                SetupError::SchemaTooNew { found, supported } => StoreError::SchemaTooNew {
+                    path: path.clone(),
+                    found,
+                    supported,
+                },
+                SetupError::NoWal { mode } => StoreError::NoWal {
+                    path: path.clone(),
+                    mode,
+                },
+            },
+        )?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
@@ -147,19 +145,14 @@ impl Store {
         })
     }
 
-    /// The database file this handle writes.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// A trivial read, for `/health`: fails when the file is unreadable or locked for
     /// longer than the busy timeout.
-    pub async fn check(&self) -> Result<(), StoreError> {
+    pub(crate) async fn check(&self) -> Result<(), StoreError> {
         self.spawn(|store| store.check_blocking()).await
     }
 
     /// Blocking twin of [`Store::check`].
-    pub fn check_blocking(&self) -> Result<(), StoreError> {
+    fn check_blocking(&self) -> Result<(), StoreError> {
         self.with_conn(|conn| {
             conn.query_row("SELECT job_id FROM jobs LIMIT 1", [], |_| Ok(()))
                 .optional()

@@ -4,12 +4,12 @@
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 /// The protocol's job status; the store keeps its spelling (`"pending"`, ...).
-pub use quickcmd_protocol::JobStatus;
+pub(crate) use quickcmd_protocol::JobStatus;
 
 /// A text column that is not one of the five job statuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown job status {0:?}")]
-pub struct ParseJobStatusError(pub String);
+pub(crate) struct ParseJobStatusError(pub String);
 
 /// The SQL face of a [`JobStatus`]: its protocol spelling as TEXT.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +32,7 @@ impl FromSql for SqlStatus {
 
 /// A job as accepted (or rejected) at submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewJob {
+pub(crate) struct NewJob {
     pub job_id: String,
     pub controller_id: String,
     pub command: String,
@@ -58,7 +58,7 @@ pub struct NewJob {
 
 /// A stored job: what was submitted plus what happened to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobRecord {
+pub(crate) struct JobRecord {
     pub job_id: String,
     pub controller_id: String,
     pub command: String,
@@ -87,7 +87,7 @@ pub struct JobRecord {
 
 /// How a job ended; `status` must be final.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobOutcome {
+pub(crate) struct JobOutcome {
     pub status: JobStatus,
     pub reason: Option<String>,
     pub error: Option<String>,
@@ -105,7 +105,7 @@ pub struct JobOutcome {
 
 /// One stored log frame; `(job_id, seq)` is unique.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredFrame {
+pub(crate) struct StoredFrame {
     pub seq: i64,
     /// `"stdout"` or `"stderr"`.
     pub stream: String,
@@ -119,7 +119,7 @@ pub struct StoredFrame {
     clippy::large_enum_variant,
     reason = "made once per submission and matched at once; boxing would only cost callers a deref"
 )]
-pub enum InsertOutcome {
+pub(crate) enum InsertOutcome {
     Inserted,
     /// A job with this id was already stored; it is returned unchanged. Whether the new
     /// submission is an idempotent retry or a `DUPLICATE_JOB` is the caller's call.

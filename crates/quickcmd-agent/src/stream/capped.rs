@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use quickcmd_protocol::{LogFrame, StreamName};
 
-pub struct CappedStream {
+pub(crate) struct CappedStream {
     name: StreamName,
     head_budget: usize,
     tail_budget: usize,
@@ -22,7 +22,7 @@ pub struct CappedStream {
 }
 
 impl CappedStream {
-    pub fn new(name: StreamName, max_bytes: usize) -> CappedStream {
+    pub(crate) fn new(name: StreamName, max_bytes: usize) -> CappedStream {
         let head_budget = max_bytes / 2;
         CappedStream {
             name,
@@ -40,7 +40,7 @@ impl CappedStream {
 
     /// Records a frame. Returns true when it belongs to the head, which is stored at once;
     /// tail frames are stored when the stream ends.
-    pub fn accept(&mut self, frame: &LogFrame) -> bool {
+    pub(crate) fn accept(&mut self, frame: &LogFrame) -> bool {
         let size = frame.data.len();
         if !self.overflowed && self.head_bytes + size <= self.head_budget {
             self.head_bytes += size;
@@ -61,7 +61,7 @@ impl CappedStream {
         false
     }
 
-    pub fn truncated(&self) -> bool {
+    pub(crate) fn truncated(&self) -> bool {
         self.omitted_bytes > 0
     }
 
@@ -89,7 +89,7 @@ impl CappedStream {
     }
 
     /// The stored view now: head, marker (if anything was dropped), tail.
-    pub fn stored_frames(&self) -> Vec<LogFrame> {
+    pub(crate) fn stored_frames(&self) -> Vec<LogFrame> {
         let mut frames = self.head.clone();
         frames.extend(self.marker());
         frames.extend(self.tail.iter().cloned());
@@ -97,14 +97,14 @@ impl CappedStream {
     }
 
     /// Frames to store when the stream ends: the marker and the tail (the head is stored).
-    pub fn marker_and_tail(&self) -> Vec<LogFrame> {
+    pub(crate) fn marker_and_tail(&self) -> Vec<LogFrame> {
         let mut frames: Vec<LogFrame> = self.marker().into_iter().collect();
         frames.extend(self.tail.iter().cloned());
         frames
     }
 
     /// The stored text as the result's `stdout`/`stderr`.
-    pub fn stored_text(&self) -> String {
+    pub(crate) fn stored_text(&self) -> String {
         self.stored_frames()
             .iter()
             .map(|f| f.data.as_str())

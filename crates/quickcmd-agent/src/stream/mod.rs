@@ -10,14 +10,14 @@ use quickcmd_protocol::{JobStatus, LogFrame, StreamName};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
-pub use capped::CappedStream;
-pub use utf8::Utf8Chunker;
+pub(crate) use capped::CappedStream;
+pub(crate) use utf8::Utf8Chunker;
 
 use crate::clock;
 
 /// Byte count, hash and truncation of one stream once the job has ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamSummary {
+pub(crate) struct StreamSummary {
     pub bytes: u64,
     pub sha256: String,
     pub truncated: bool,
@@ -55,7 +55,7 @@ struct Inner {
 /// One running job's output. Frames go out to subscribers at once through a bounded
 /// broadcast channel: a subscriber that falls `buffer` frames behind is told it lagged and
 /// is dropped; the job never waits for anyone.
-pub struct JobStream {
+pub(crate) struct JobStream {
     job_id: String,
     inner: Mutex<Inner>,
     sender: broadcast::Sender<Arc<LogFrame>>,
@@ -93,7 +93,7 @@ fn pieces(text: &str, max: usize) -> Vec<&str> {
 }
 
 /// What a new subscriber gets: the stored frames after `since`, then the live receiver.
-pub struct Subscription {
+pub(crate) struct Subscription {
     pub replay: Vec<Arc<LogFrame>>,
     pub live: broadcast::Receiver<Arc<LogFrame>>,
     /// Highest seq in `replay` (or `since`); live frames at or below it are duplicates.
@@ -101,7 +101,7 @@ pub struct Subscription {
 }
 
 impl JobStream {
-    pub fn new(job_id: &str, max_output_bytes: usize, buffer: usize) -> JobStream {
+    pub(crate) fn new(job_id: &str, max_output_bytes: usize, buffer: usize) -> JobStream {
         let (sender, _) = broadcast::channel(buffer.max(1));
         JobStream {
             job_id: job_id.to_string(),
@@ -125,7 +125,7 @@ impl JobStream {
     }
 
     /// Takes bytes as the sandbox wrote them; sends the text on as one frame.
-    pub fn push(&self, stream: StreamName, bytes: &[u8]) {
+    pub(crate) fn push(&self, stream: StreamName, bytes: &[u8]) {
         let mut inner = self.lock();
         let state = match stream {
             StreamName::Stdout => &mut inner.stdout,
@@ -163,13 +163,13 @@ impl JobStream {
     }
 
     /// Frames kept in the head since the last call, to write to the database now.
-    pub fn take_unsaved(&self) -> Vec<LogFrame> {
+    pub(crate) fn take_unsaved(&self) -> Vec<LogFrame> {
         std::mem::take(&mut self.lock().unsaved)
     }
 
     /// Ends the streams: flushes unfinished characters, and returns the frames still to
     /// store (the marker and the tails) and each stream's summary.
-    pub fn finish_output(&self) -> (Vec<LogFrame>, StreamSummary, StreamSummary) {
+    pub(crate) fn finish_output(&self) -> (Vec<LogFrame>, StreamSummary, StreamSummary) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         for stream in [StreamName::Stdout, StreamName::Stderr] {
@@ -201,7 +201,7 @@ impl JobStream {
 
     /// Sends the final frame, stamped `ended_ms` (the job's stored end, so a replay of it
     /// later carries the same time), and keeps it for subscribers that arrive afterwards.
-    pub fn finish(&self, status: JobStatus, exit_code: i64, ended_ms: i64) -> Arc<LogFrame> {
+    pub(crate) fn finish(&self, status: JobStatus, exit_code: i64, ended_ms: i64) -> Arc<LogFrame> {
         let mut inner = self.lock();
         let frame = Arc::new(final_frame(
             &self.job_id,
@@ -217,7 +217,7 @@ impl JobStream {
 
     /// Subscribes: stored frames after `since` in seq order (the marker standing in for a
     /// dropped middle), then live frames.
-    pub fn subscribe(&self, since: u64) -> Subscription {
+    pub(crate) fn subscribe(&self, since: u64) -> Subscription {
         let inner = self.lock();
         // Subscribing under the lock means no frame falls between replay and live.
         let live = self.sender.subscribe();
@@ -238,10 +238,6 @@ impl JobStream {
             replayed_up_to: inner.seq.max(since),
         }
     }
-
-    pub fn subscriber_count(&self) -> usize {
-        self.sender.receiver_count()
-    }
 }
 
 fn empty_summary() -> StreamSummary {
@@ -255,7 +251,7 @@ fn empty_summary() -> StreamSummary {
 
 /// The last frame of a job: empty stdout data, `final: true`, status and exit code, stamped
 /// with the job's end.
-pub fn final_frame(
+pub(crate) fn final_frame(
     job_id: &str,
     seq: u64,
     status: JobStatus,

@@ -3,13 +3,13 @@
 //! be UTF-8 become U+FFFD.
 
 #[derive(Debug, Default)]
-pub struct Utf8Chunker {
+pub(crate) struct Utf8Chunker {
     pending: Vec<u8>,
 }
 
 impl Utf8Chunker {
     /// Decodes as much of `pending + bytes` as forms whole characters.
-    pub fn push(&mut self, bytes: &[u8]) -> String {
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> String {
         self.pending.extend_from_slice(bytes);
         let mut out = String::with_capacity(self.pending.len());
         let mut rest: &[u8] = &self.pending;
@@ -42,7 +42,7 @@ impl Utf8Chunker {
     }
 
     /// What is left at the end of the stream: an unfinished character becomes U+FFFD.
-    pub fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         if self.pending.is_empty() {
             String::new()
         } else {

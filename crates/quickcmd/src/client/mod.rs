@@ -31,8 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quickcmd_protocol::{
-    payload::is_valid_job_id, Health, JobList, JobResult, JobStatus, JobView, ReadAuth,
-    SubmitResponse,
+    is_valid_job_id, Health, JobList, JobResult, JobStatus, JobView, ReadAuth, SubmitResponse,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use quickcmd_protocol::{payload::is_valid_job_id, LogFrame};
+use quickcmd_protocol::{is_valid_job_id, LogFrame};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quickcmd_protocol::{payload::parse_submit, JobStatus, ReadAuth};
+use quickcmd_protocol::{parse_submit, JobStatus, ReadAuth};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;

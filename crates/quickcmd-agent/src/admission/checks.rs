@@ -1,45 +1,21 @@
-//! The checks of protocol-v1 §1 after the signature: the clock window, then scopes,
-//! image and sandbox caps. Pure functions of the payload, the config and the time.
+//! The rows of the check table that are pure functions of the payload, the config and the
+//! time: the clock window, then scopes, image and sandbox caps.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use quickcmd_protocol::{ErrorCode, JobPayload};
-use serde::{Deserialize, Serialize};
+use quickcmd_sandbox::DEFAULT_WORKDIR;
 
+use super::Refusal;
 use crate::config::{AgentConfig, ControllerGrant};
-
-/// A refusal: the code and a sentence for the client.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// The sandbox a job will get: its request filled in with defaults, inside the caps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResolvedSandbox {
-    pub image: String,
-    pub timeout_seconds: u64,
-    pub cpu_limit: f64,
-    pub memory_limit: i64,
-    pub network: bool,
-    pub mounts: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub workdir: String,
-}
+use crate::queue::ResolvedSandbox;
 
 /// TTL and timestamp against the agent's clock (rows 6–9 of the check table).
-pub fn check_clock(payload: &JobPayload, now: i64, config: &AgentConfig) -> Result<(), Refusal> {
+pub(crate) fn check_clock(
+    payload: &JobPayload,
+    now: i64,
+    config: &AgentConfig,
+) -> Result<(), Refusal> {
     let skew = config.clock_skew_seconds;
     if payload.ttl <= now {
         return Err(Refusal::new(
@@ -86,7 +62,7 @@ fn valid_env_name(name: &str) -> bool {
 
 /// Scopes, image and caps (rows 11–12). Asking for more than a cap is refused, never
 /// clamped.
-pub fn resolve_sandbox(
+pub(crate) fn resolve_sandbox(
     payload: &JobPayload,
     grant: &ControllerGrant,
     config: &AgentConfig,
@@ -206,7 +182,7 @@ pub fn resolve_sandbox(
     let workdir = request
         .workdir
         .clone()
-        .unwrap_or_else(|| "/work".to_string());
+        .unwrap_or_else(|| DEFAULT_WORKDIR.to_string());
     let forbidden = ["/", "/proc", "/sys", "/dev", "/tmp"];
     if !workdir.starts_with('/')
         || workdir.contains("..")

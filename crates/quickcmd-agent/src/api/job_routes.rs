@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use quickcmd_protocol::types::reason;
+use quickcmd_protocol::reason;
 use quickcmd_protocol::{
     ErrorCode, JobList, JobResult, JobStatus, JobSummary, JobView, SubmitResponse,
 };
@@ -17,7 +17,7 @@ use super::auth::{authenticate, Reader};
 use super::ApiError;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::clock;
-use crate::jobs::CancelOutcome;
+use crate::runner::{self, CancelOutcome};
 use crate::state::Agent;
 use crate::store::JobRecord;
 
@@ -31,21 +31,13 @@ fn not_found(job_id: &str) -> ApiError {
     )
 }
 
-fn store_error(error: impl std::fmt::Display) -> ApiError {
-    tracing::error!(%error, "job store error");
-    ApiError::new(
-        ErrorCode::Internal,
-        "the agent could not read its job store; see the agent log",
-    )
-}
-
 /// The job, if it exists and this reader may see it.
 pub(super) async fn visible_job(
     agent: &Agent,
     reader: &Reader,
     job_id: &str,
 ) -> Result<JobRecord, ApiError> {
-    match agent.store.get_job(job_id).await.map_err(store_error)? {
+    match agent.store.get_job(job_id).await? {
         Some(job) if reader.sees(&job.controller_id) => Ok(job),
         _ => Err(not_found(job_id)),
     }
@@ -74,11 +66,7 @@ pub(super) async fn get(
 }
 
 async fn result_of(agent: &Agent, job: &JobRecord) -> Result<JobResult, ApiError> {
-    let frames = agent
-        .store
-        .frames_since(&job.job_id, 0)
-        .await
-        .map_err(store_error)?;
+    let frames = agent.store.frames_since(&job.job_id, 0).await?;
     let (mut stdout, mut stderr) = (String::new(), String::new());
     for frame in frames {
         match frame.stream.as_str() {
@@ -156,11 +144,7 @@ pub(super) async fn list(
             })?,
         None => DEFAULT_LIST_LIMIT,
     };
-    let jobs = agent
-        .store
-        .list_jobs(&controller_id, status, limit)
-        .await
-        .map_err(store_error)?;
+    let jobs = agent.store.list_jobs(&controller_id, status, limit).await?;
     Ok(Json(JobList {
         jobs: jobs
             .into_iter()
@@ -193,7 +177,7 @@ pub(super) async fn cancel(
     if let Err(error) = agent.audit.append(event).await {
         tracing::error!(%error, "could not audit a cancel request");
     }
-    match agent.cancel(&job_id, reason::CANCELLED).await {
+    match runner::cancel(&agent, &job_id, reason::CANCELLED).await {
         CancelOutcome::Cancelled => {
             let status = match agent.store.get_job(&job_id).await {
                 Ok(Some(job)) => job.status,

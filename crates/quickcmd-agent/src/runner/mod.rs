@@ -1,0 +1,108 @@
+//! The life cycle of an accepted job: queued → started when a slot is free → run in its
+//! sandbox → ended (or cancelled / failed while waiting). The queue's data lives in
+//! `queue`; this module drives it.
+//!
+//! - `execute.rs`: one job from slot to sandbox exit (start audit, spec, output pump);
+//! - `ending.rs`: how the job ended, and writing that end everywhere it goes.
+
+mod ending;
+mod execute;
+
+use std::sync::Arc;
+
+use quickcmd_protocol::reason;
+
+use self::ending::JobEnd;
+use crate::clock;
+use crate::queue::{LiveJob, QueuedJob, Reservation};
+use crate::state::Agent;
+use crate::stream::JobStream;
+
+/// Outcome of a cancel request.
+pub(crate) enum CancelOutcome {
+    Cancelled,
+    NotLive,
+}
+
+/// Turns a reservation into a queued job and starts what can start.
+pub(crate) fn enqueue(agent: &Arc<Agent>, reservation: Reservation, job: QueuedJob) {
+    let config = agent.config();
+    let stream = JobStream::new(
+        &job.job_id,
+        config.max_output_bytes,
+        config.stream_buffer_frames,
+    );
+    let live = Arc::new(LiveJob::new(stream));
+    agent.jobs.enqueue(reservation, job, live);
+    start_next(agent);
+}
+
+/// Starts waiting jobs while run slots are free.
+fn start_next(agent: &Arc<Agent>) {
+    let max = agent.config().max_concurrent_jobs;
+    for (job, live) in agent.jobs.take_startable(max, &agent.metrics) {
+        let agent = agent.clone();
+        tokio::spawn(async move { run_job(agent, job, live).await });
+    }
+}
+
+/// Called when a job has ended and its final frame is out: frees its slot.
+fn job_done(agent: &Arc<Agent>, job_id: &str, was_running: bool) {
+    agent.jobs.release(job_id, was_running);
+    start_next(agent);
+}
+
+/// One job, from its slot to its final frame.
+async fn run_job(agent: Arc<Agent>, job: QueuedJob, live: Arc<LiveJob>) {
+    if live.cancel.is_cancelled() {
+        let why = live.cancel_reason();
+        let end = JobEnd::not_run(why, "job was cancelled before it started");
+        ending::finish(&agent, &job, &live, end).await;
+    } else if job.ttl <= clock::now_unix() {
+        let end = JobEnd::not_run(
+            reason::EXPIRED,
+            "job ttl passed while it waited in the queue",
+        );
+        ending::finish(&agent, &job, &live, end).await;
+    } else {
+        execute::execute(&agent, &job, &live).await;
+    }
+    job_done(&agent, &job.job_id, true);
+}
+
+/// Cancels a pending or running job of this id.
+pub(crate) async fn cancel(
+    agent: &Arc<Agent>,
+    job_id: &str,
+    reason: &'static str,
+) -> CancelOutcome {
+    let Some((live, waiting)) = agent.jobs.withdraw(job_id, &agent.metrics) else {
+        return CancelOutcome::NotLive;
+    };
+    live.cancel_with(reason);
+    if let Some(job) = waiting {
+        // It never got a slot: end it here.
+        let end = JobEnd::not_run(reason, "job was cancelled before it started");
+        ending::finish(agent, &job, &live, end).await;
+        job_done(agent, job_id, false);
+    }
+    CancelOutcome::Cancelled
+}
+
+/// Cancels every live job (shutdown after the grace period).
+pub(crate) async fn cancel_all(agent: &Arc<Agent>, reason: &'static str) {
+    for id in agent.jobs.live_ids() {
+        cancel(agent, &id, reason).await;
+    }
+}
+
+/// Fails jobs still waiting for a slot (shutdown: they must not start).
+pub(crate) async fn fail_waiting(agent: &Arc<Agent>, reason: &'static str) {
+    for job in agent.jobs.drain_waiting(&agent.metrics) {
+        if let Some(live) = agent.jobs.live(&job.job_id) {
+            let end = JobEnd::not_run(reason, "the agent is shutting down");
+            ending::finish(agent, &job, &live, end).await;
+        }
+        job_done(agent, &job.job_id, false);
+    }
+}
