@@ -96,7 +96,7 @@ pub fn is_valid_job_id(id: &str) -> bool {
 impl JobPayload {
     /// Go's `json.Marshal` of the reference struct (the ten seed fields, no `sandbox`).
     pub fn go_canonical_json(&self) -> Result<String, CanonicalError> {
-        let mut out = String::with_capacity(256 + self.command.len() + self.prompt.len());
+        let mut out = String::with_capacity(self.size_hint());
         out.push('{');
         self.write_seed_fields(&mut out)?;
         out.push('}');
@@ -106,7 +106,7 @@ impl JobPayload {
     /// The bytes a controller signs and sends: the Go form, with `sandbox` appended when
     /// present. Signed as raw bytes, so the agent verifies it with signature mode 1.
     pub fn to_signed_json(&self) -> Result<String, CanonicalError> {
-        let mut out = String::with_capacity(256 + self.command.len() + self.prompt.len());
+        let mut out = String::with_capacity(self.size_hint());
         out.push('{');
         self.write_seed_fields(&mut out)?;
         if let Some(sandbox) = &self.sandbox {
@@ -119,6 +119,14 @@ impl JobPayload {
         }
         out.push('}');
         Ok(out)
+    }
+
+    /// A starting capacity for the written text; lengths come from a peer, so they add
+    /// without wrapping.
+    fn size_hint(&self) -> usize {
+        256usize
+            .saturating_add(self.command.len())
+            .saturating_add(self.prompt.len())
     }
 
     fn write_seed_fields(&self, out: &mut String) -> Result<(), CanonicalError> {
@@ -321,15 +329,21 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest<'_>, PayloadError> {
             root.value.kind()
         )));
     };
-    for (index, (key, _)) in pairs.iter().enumerate() {
-        if pairs[..index].iter().any(|(k, _)| k == key) {
+    // Only two keys may appear, so a repeat is found with two flags, not a scan per key.
+    let (mut seen_payload, mut seen_signature) = (false, false);
+    for (key, _) in pairs {
+        let seen = match key.as_str() {
+            "payload" => &mut seen_payload,
+            "signature" => &mut seen_signature,
+            _ => {
+                return Err(invalid(format!(
+                    "body field `{key}` is not part of protocol v1"
+                )))
+            }
+        };
+        if std::mem::replace(seen, true) {
             return Err(invalid(format!(
                 "body field `{key}` is given more than once"
-            )));
-        }
-        if key != "payload" && key != "signature" {
-            return Err(invalid(format!(
-                "body field `{key}` is not part of protocol v1"
             )));
         }
     }
@@ -466,6 +480,29 @@ mod tests {
             parse_submit(b"{"),
             Err(PayloadError::InvalidJson(_))
         ));
+    }
+
+    /// Issue 8 finding 1: the review's body, 80,000 keys in `candidate_metadata` (about
+    /// 870 KB), parses in linear time; the same body with its last key repeated is refused
+    /// naming that key.
+    #[test]
+    fn flood_of_metadata_keys() {
+        let keys = |last: &str| {
+            let mut keys: Vec<String> = (0..79_999).map(|i| format!(r#""k{i:05}":1"#)).collect();
+            keys.push(format!(r#""{last}":1"#));
+            SEED.replace(
+                r#""candidate_metadata":{}"#,
+                &format!(r#""candidate_metadata":{{{}}}"#, keys.join(",")),
+            )
+        };
+        let body = keys("k79999");
+        assert!(body.len() > 850_000 && body.len() < MAX_BODY_BYTES);
+        let request = parse_submit(body.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            &request.payload.candidate_metadata,
+            Some(Value::Object(pairs)) if pairs.len() == 80_000
+        ));
+        refused(&keys("k00000"), "`k00000` is given more than once");
     }
 
     #[test]
