@@ -4,15 +4,26 @@
 //! Invariant: this crate does no I/O and knows no runtime; agent and controller share it,
 //! so the two sides cannot disagree about what was signed.
 
+mod audit;
 pub mod canonical;
+mod encoding;
 pub mod error;
+mod extension;
 pub mod json;
 pub mod payload;
 pub mod secret;
 pub mod sign;
 pub mod types;
 
+pub use audit::{
+    chain_range, verify_witness, witness_mac, AuditChain, AuditWitness, ChainError, ChainRow,
+    MAX_CHAIN_ROWS, WITNESS_CONTEXT,
+};
+pub use encoding::{DecodeError, Encoding, EncodingError};
 pub use error::{ErrorBody, ErrorCode};
+pub use extension::{
+    is_valid_requested_by, EXTENSION_FIELDS, MAX_REQUESTED_BY_CHARS, MAX_STDIN_BYTES,
+};
 pub use payload::{
     parse_submit, JobPayload, PayloadError, SandboxRequest, SubmitRequest, MAX_BODY_BYTES,
 };
@@ -20,5 +31,5 @@ pub use secret::Secret;
 pub use sign::{verify_submit, ReadAuth, SignatureRefusal, SignedForm, ALGORITHM, AUTH_SCHEME};
 pub use types::{
     Health, JobList, JobResult, JobStatus, JobSummary, JobView, LogFrame, StreamName,
-    SubmitResponse,
+    SubmitResponse, WhoAmI,
 };

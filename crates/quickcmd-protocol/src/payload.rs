@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::canonical::{self, CanonicalError};
+use crate::extension::{self, EXTENSION_FIELDS};
 use crate::json::{self, JsonError, Node, Value};
 
 /// Bodies larger than this are refused with 413 before any parsing.
@@ -25,7 +26,7 @@ pub const PAYLOAD_FIELDS: [&str; 10] = [
     "controller_id",
 ];
 
-/// The optional extension field; signed only in the raw form.
+/// The optional extension field carrying sandbox requests; signed only in the raw form.
 pub const SANDBOX_FIELD: &str = "sandbox";
 
 /// What a controller asks of the sandbox; every value is capped by the agent's config.
@@ -50,7 +51,8 @@ pub struct SandboxRequest {
     pub workdir: Option<String>,
 }
 
-/// A job as signed by a controller (seed fields plus the optional `sandbox` extension).
+/// A job as signed by a controller: the seed fields plus the optional extensions
+/// (`sandbox`, and v1.1's `stdin` and `requested_by`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobPayload {
     pub job_id: String,
@@ -68,6 +70,11 @@ pub struct JobPayload {
     pub timestamp: i64,
     pub controller_id: String,
     pub sandbox: Option<SandboxRequest>,
+    /// Bytes for the command's standard input, then end of file; at most
+    /// [`MAX_STDIN_BYTES`]. On the wire: standard padded base64.
+    pub stdin: Option<Vec<u8>>,
+    /// For whom the controller signed: 1–128 printable characters.
+    pub requested_by: Option<String>,
 }
 
 /// Why a submit body was refused before any signature check.
@@ -81,7 +88,7 @@ pub enum PayloadError {
     InvalidPayload(String),
 }
 
-fn invalid(message: impl Into<String>) -> PayloadError {
+pub(crate) fn invalid(message: impl Into<String>) -> PayloadError {
     PayloadError::InvalidPayload(message.into())
 }
 
@@ -94,7 +101,21 @@ pub fn is_valid_job_id(id: &str) -> bool {
 }
 
 impl JobPayload {
-    /// Go's `json.Marshal` of the reference struct (the ten seed fields, no `sandbox`).
+    /// The first extension field this payload carries, if any: a payload that does must
+    /// verify over its raw bytes, because the Go form does not sign these fields.
+    pub fn extension_field(&self) -> Option<&'static str> {
+        let present = [
+            self.sandbox.is_some(),
+            self.stdin.is_some(),
+            self.requested_by.is_some(),
+        ];
+        EXTENSION_FIELDS
+            .into_iter()
+            .zip(present)
+            .find_map(|(name, present)| present.then_some(name))
+    }
+
+    /// Go's `json.Marshal` of the reference struct (the ten seed fields, no extension).
     pub fn go_canonical_json(&self) -> Result<String, CanonicalError> {
         let mut out = String::with_capacity(self.size_hint());
         out.push('{');
@@ -103,8 +124,9 @@ impl JobPayload {
         Ok(out)
     }
 
-    /// The bytes a controller signs and sends: the Go form, with `sandbox` appended when
-    /// present. Signed as raw bytes, so the agent verifies it with signature mode 1.
+    /// The bytes a controller signs and sends: the Go form, with the extension fields that
+    /// are present appended (`sandbox`, `stdin`, `requested_by`). Signed as raw bytes, so the
+    /// agent verifies it with signature mode 1.
     pub fn to_signed_json(&self) -> Result<String, CanonicalError> {
         let mut out = String::with_capacity(self.size_hint());
         out.push('{');
@@ -117,6 +139,7 @@ impl JobPayload {
                 .map_err(|_| CanonicalError::NumberOutOfRange("sandbox.cpu_limit".into()))?;
             out.push_str(&text);
         }
+        extension::write_stdin_and_requested_by(&mut out, self);
         out.push('}');
         Ok(out)
     }
@@ -124,9 +147,14 @@ impl JobPayload {
     /// A starting capacity for the written text; lengths come from a peer, so they add
     /// without wrapping.
     fn size_hint(&self) -> usize {
+        let stdin = self
+            .stdin
+            .as_ref()
+            .map_or(0, |bytes| bytes.len() / 3 * 4 + 4);
         256usize
             .saturating_add(self.command.len())
             .saturating_add(self.prompt.len())
+            .saturating_add(stdin)
     }
 
     fn write_seed_fields(&self, out: &mut String) -> Result<(), CanonicalError> {
@@ -187,10 +215,9 @@ impl JobPayload {
             )));
         }
         let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, n)| &n.value);
-        if let Some((unknown, _)) = pairs
-            .iter()
-            .find(|(k, _)| !PAYLOAD_FIELDS.contains(&k.as_str()) && k != SANDBOX_FIELD)
-        {
+        if let Some((unknown, _)) = pairs.iter().find(|(k, _)| {
+            !PAYLOAD_FIELDS.contains(&k.as_str()) && !EXTENSION_FIELDS.contains(&k.as_str())
+        }) {
             return Err(invalid(format!(
                 "payload field `{unknown}` is not part of protocol v1"
             )));
@@ -224,6 +251,8 @@ impl JobPayload {
                 None | Some(Value::Null) => None,
                 Some(value) => Some(sandbox_from_value(value)?),
             },
+            stdin: extension::stdin_from_value(get("stdin"))?,
+            requested_by: extension::requested_by_from_value(get("requested_by"))?,
         })
     }
 }

@@ -61,8 +61,9 @@ pub enum SignatureRefusal {
     /// Neither the raw bytes nor the Go form matched.
     Mismatch,
     /// The raw bytes did not match and the Go form cannot stand in for them, because the
-    /// payload carries `sandbox`, which that form does not sign.
-    UnsignedSandbox,
+    /// payload carries this extension field (`sandbox`, `stdin`, `requested_by`), which
+    /// that form does not sign.
+    UnsignedExtension { field: &'static str },
 }
 
 /// Checks a submit body's signature: first the raw payload bytes, then the Go form.
@@ -73,8 +74,8 @@ pub fn verify_submit(
     if verify(secret, request.payload_raw, &request.signature) {
         return Ok(SignedForm::Raw);
     }
-    if request.payload.sandbox.is_some() {
-        return Err(SignatureRefusal::UnsignedSandbox);
+    if let Some(field) = request.payload.extension_field() {
+        return Err(SignatureRefusal::UnsignedExtension { field });
     }
     let canonical = request
         .payload

@@ -178,6 +178,7 @@ async fn replay_stored(
             seq: frame.seq as u64,
             status: None,
             exit_code: None,
+            audit: None,
         };
         if socket.send(text(&log)).await.is_err() {
             return;

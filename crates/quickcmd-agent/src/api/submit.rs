@@ -204,9 +204,9 @@ async fn admit_request(
         let error = ApiError::new(ErrorCode::InvalidSignature, "signature does not verify for this controller's secret");
         match refusal {
             SignatureRefusal::Mismatch => error,
-            SignatureRefusal::UnsignedSandbox => error.with_details(
-                "the payload carries `sandbox`, which only the raw form signs; sign the payload bytes exactly as sent",
-            ),
+            SignatureRefusal::UnsignedExtension { field } => error.with_details(format!(
+                "the payload carries `{field}`, which only the raw form signs; sign the payload bytes exactly as sent",
+            )),
         }
     })?;
     admit::check_clock(payload, clock::now_unix(), &config)
