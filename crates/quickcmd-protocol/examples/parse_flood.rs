@@ -81,7 +81,18 @@ fn time(name: &str, body: &[u8]) {
     );
 }
 
+/// 1 MiB of `0,` in one array: the most nodes per byte, for peak memory (run alone with
+/// `/usr/bin/time -v ... -- tiny` to read the peak RSS of one parse).
+fn tiny_values() -> Vec<u8> {
+    let items = "0,".repeat(500_000);
+    body_with(&format!(r#""candidate_metadata":{{"x":[{items}0]}},"#))
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("tiny") {
+        time("500,000 tiny values", &tiny_values());
+        return;
+    }
     time("80,000 keys", &many_keys(80_000));
     time("80,000 keys, last repeated", &{
         let mut body = many_keys(80_000);
@@ -92,4 +103,5 @@ fn main() {
     time("deep objects", &deep_objects());
     time("many values", &many_values());
     time("900,000-digit number", &long_number());
+    time("500,000 tiny values", &tiny_values());
 }

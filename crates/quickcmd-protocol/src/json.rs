@@ -47,20 +47,7 @@ impl Value {
     /// The first key that appears twice in this object or any object nested in it.
     pub fn first_duplicate_key(&self) -> Option<&str> {
         match self {
-            Value::Object(pairs) => {
-                // One hash-set insert per key keeps this linear in the number of keys; the
-                // set's hasher is randomly seeded, so a sender cannot pick colliding keys.
-                let mut seen = HashSet::with_capacity(pairs.len());
-                for (key, node) in pairs {
-                    if !seen.insert(key.as_str()) {
-                        return Some(key);
-                    }
-                    if let Some(dup) = node.value.first_duplicate_key() {
-                        return Some(dup);
-                    }
-                }
-                None
-            }
+            Value::Object(pairs) => first_duplicate_key(pairs),
             Value::Array(items) => items.iter().find_map(|n| n.value.first_duplicate_key()),
             _ => None,
         }
@@ -108,6 +95,22 @@ impl Value {
             ),
         }
     }
+}
+
+/// The first key that appears twice among `pairs` or in any object nested in them.
+pub(crate) fn first_duplicate_key(pairs: &[(String, Node)]) -> Option<&str> {
+    // One hash-set insert per key keeps this linear in the number of keys; the set's
+    // hasher is randomly seeded, so a sender cannot pick keys that all collide.
+    let mut seen = HashSet::with_capacity(pairs.len());
+    for (key, node) in pairs {
+        if !seen.insert(key.as_str()) {
+            return Some(key);
+        }
+        if let Some(dup) = node.value.first_duplicate_key() {
+            return Some(dup);
+        }
+    }
+    None
 }
 
 /// Where and why the bytes are not JSON.

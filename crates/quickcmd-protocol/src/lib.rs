@@ -1,5 +1,6 @@
-//! QuickCMD protocol v1: wire types, the bytes that are signed (raw and Go-canonical),
-//! signature checks, read auth and error codes.
+//! QuickCMD protocol v1 and its optional v1.1 additions: wire types, the bytes that are
+//! signed (raw and Go-canonical), signature checks, read auth, audit witnesses and error
+//! codes.
 //!
 //! Invariant: this crate does no I/O and knows no runtime; agent and controller share it,
 //! so the two sides cannot disagree about what was signed.

@@ -203,13 +203,22 @@ impl JobPayload {
     /// Reads a payload object, refusing repeated fields, wrong types, missing required
     /// fields and fields the protocol does not define.
     pub fn from_node(node: &Node) -> Result<JobPayload, PayloadError> {
-        let Value::Object(pairs) = &node.value else {
-            return Err(invalid(format!(
-                "payload must be an object, not {}",
-                node.value.kind()
-            )));
+        JobPayload::from_value(node.value.clone())
+    }
+
+    /// [`JobPayload::from_node`] taking the tree, so the metadata objects (the bulk of a
+    /// large payload) move into the payload instead of being copied.
+    fn from_value(value: Value) -> Result<JobPayload, PayloadError> {
+        let pairs = match value {
+            Value::Object(pairs) => pairs,
+            other => {
+                return Err(invalid(format!(
+                    "payload must be an object, not {}",
+                    other.kind()
+                )))
+            }
         };
-        if let Some(key) = node.value.first_duplicate_key() {
+        if let Some(key) = json::first_duplicate_key(&pairs) {
             return Err(invalid(format!(
                 "payload field `{key}` is given more than once"
             )));
@@ -236,12 +245,14 @@ impl JobPayload {
         if controller_id.is_empty() {
             return Err(invalid("payload field `controller_id` must not be empty"));
         }
-        Ok(JobPayload {
+        check_object(get("candidate_metadata"), "candidate_metadata")?;
+        check_object(get("plugin_metadata"), "plugin_metadata")?;
+        let mut payload = JobPayload {
             job_id,
             prompt: optional_string(get("prompt"), "prompt")?,
             command,
-            candidate_metadata: optional_object(get("candidate_metadata"), "candidate_metadata")?,
-            plugin_metadata: optional_object(get("plugin_metadata"), "plugin_metadata")?,
+            candidate_metadata: None,
+            plugin_metadata: None,
             required_scopes: optional_string_list(get("required_scopes"), "required_scopes")?,
             snapshot_metadata: optional_string(get("snapshot_metadata"), "snapshot_metadata")?,
             ttl: required_int(get("ttl"), "ttl")?,
@@ -253,7 +264,17 @@ impl JobPayload {
             },
             stdin: extension::stdin_from_value(get("stdin"))?,
             requested_by: extension::requested_by_from_value(get("requested_by"))?,
-        })
+        };
+        for (key, node) in pairs {
+            let slot = match key.as_str() {
+                "candidate_metadata" => &mut payload.candidate_metadata,
+                "plugin_metadata" => &mut payload.plugin_metadata,
+                _ => continue,
+            };
+            // check_object let only an object or null through.
+            *slot = matches!(node.value, Value::Object(_)).then_some(node.value);
+        }
+        Ok(payload)
     }
 }
 
@@ -290,10 +311,10 @@ fn required_int(value: Option<&Value>, name: &str) -> Result<i64, PayloadError> 
     }
 }
 
-fn optional_object(value: Option<&Value>, name: &str) -> Result<Option<Value>, PayloadError> {
+/// Refuses a metadata field that is neither an object nor null.
+fn check_object(value: Option<&Value>, name: &str) -> Result<(), PayloadError> {
     match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(object @ Value::Object(_)) => Ok(Some(object.clone())),
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
         Some(other) => Err(invalid(format!(
             "payload field `{name}` must be an object or null, not {}",
             other.kind()
@@ -351,16 +372,18 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest<'_>, PayloadError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(PayloadError::TooLarge { size: body.len() });
     }
-    let root = json::parse(body)?;
-    let Value::Object(pairs) = &root.value else {
-        return Err(invalid(format!(
-            "request body must be an object with `payload` and `signature`, not {}",
-            root.value.kind()
-        )));
+    let pairs = match json::parse(body)?.value {
+        Value::Object(pairs) => pairs,
+        other => {
+            return Err(invalid(format!(
+                "request body must be an object with `payload` and `signature`, not {}",
+                other.kind()
+            )))
+        }
     };
     // Only two keys may appear, so a repeat is found with two flags, not a scan per key.
     let (mut seen_payload, mut seen_signature) = (false, false);
-    for (key, _) in pairs {
+    for (key, _) in &pairs {
         let seen = match key.as_str() {
             "payload" => &mut seen_payload,
             "signature" => &mut seen_signature,
@@ -376,12 +399,19 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest<'_>, PayloadError> {
             )));
         }
     }
-    let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, n)| n);
-    let payload_node =
-        field("payload").ok_or_else(|| invalid("body field `payload` is missing"))?;
+    let (mut payload_node, mut signature_node) = (None, None);
+    for (key, node) in pairs {
+        match key.as_str() {
+            "payload" => payload_node = Some(node),
+            // The loop above let only `payload` and `signature` through.
+            _ => signature_node = Some(node),
+        }
+    }
+    let payload_node = payload_node.ok_or_else(|| invalid("body field `payload` is missing"))?;
     let signature_node =
-        field("signature").ok_or_else(|| invalid("body field `signature` is missing"))?;
-    let payload = JobPayload::from_node(payload_node)?;
+        signature_node.ok_or_else(|| invalid("body field `signature` is missing"))?;
+    let (start, end) = payload_node.span;
+    let payload = JobPayload::from_value(payload_node.value)?;
     let Value::Object(sig_pairs) = &signature_node.value else {
         return Err(invalid("body field `signature` must be an object"));
     };
@@ -412,7 +442,6 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest<'_>, PayloadError> {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(invalid("signature field `algorithm` must be a string")),
     };
-    let (start, end) = payload_node.span;
     Ok(SubmitRequest {
         payload,
         payload_raw: &body[start..end],
