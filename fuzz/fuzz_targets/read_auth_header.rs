@@ -9,6 +9,11 @@ fuzz_target!(|text: &str| {
     let Ok(auth) = ReadAuth::parse_header(text) else {
         return;
     };
+    // The clock window takes any peer timestamp against any clock, without overflow.
+    for now in [0, 1_700_000_000, i64::MIN, i64::MAX] {
+        let inside = auth.within_clock_window(now, 300);
+        assert_eq!(inside, auth.timestamp.abs_diff(now) <= 300);
+    }
     let genuine = ReadAuth::sign(
         &auth.controller_id,
         b"k",

@@ -6,6 +6,7 @@
 //! sent). This reader does all three and nothing more. Depth is capped so hostile nesting
 //! cannot overflow the stack.
 
+use std::collections::HashSet;
 use std::fmt;
 
 /// Deepest nesting accepted; Go's decoder allows 10 000, no honest job needs more than a few.
@@ -46,17 +47,7 @@ impl Value {
     /// The first key that appears twice in this object or any object nested in it.
     pub fn first_duplicate_key(&self) -> Option<&str> {
         match self {
-            Value::Object(pairs) => {
-                for (index, (key, node)) in pairs.iter().enumerate() {
-                    if pairs[..index].iter().any(|(earlier, _)| earlier == key) {
-                        return Some(key);
-                    }
-                    if let Some(dup) = node.value.first_duplicate_key() {
-                        return Some(dup);
-                    }
-                }
-                None
-            }
+            Value::Object(pairs) => first_duplicate_key(pairs),
             Value::Array(items) => items.iter().find_map(|n| n.value.first_duplicate_key()),
             _ => None,
         }
@@ -104,6 +95,22 @@ impl Value {
             ),
         }
     }
+}
+
+/// The first key that appears twice among `pairs` or in any object nested in them.
+pub(crate) fn first_duplicate_key(pairs: &[(String, Node)]) -> Option<&str> {
+    // One hash-set insert per key keeps this linear in the number of keys; the set's
+    // hasher is randomly seeded, so a sender cannot pick keys that all collide.
+    let mut seen = HashSet::with_capacity(pairs.len());
+    for (key, node) in pairs {
+        if !seen.insert(key.as_str()) {
+            return Some(key);
+        }
+        if let Some(dup) = node.value.first_duplicate_key() {
+            return Some(dup);
+        }
+    }
+    None
 }
 
 /// Where and why the bytes are not JSON.
@@ -291,8 +298,18 @@ impl Parser<'_> {
             .input
             .get(self.pos..self.pos + 4)
             .ok_or_else(|| self.error("truncated \\u escape"))?;
-        let text = std::str::from_utf8(digits).map_err(|_| self.error("invalid \\u escape"))?;
-        let unit = u16::from_str_radix(text, 16).map_err(|_| self.error("invalid \\u escape"))?;
+        // Exactly four hex digits (RFC 8259 §7): `u16::from_str_radix` alone would also take
+        // a sign, so `\u+041` would read as U+0041 where Go and Python refuse it.
+        let mut unit: u16 = 0;
+        for &digit in digits {
+            let value = match digit {
+                b'0'..=b'9' => digit - b'0',
+                b'a'..=b'f' => digit - b'a' + 10,
+                b'A'..=b'F' => digit - b'A' + 10,
+                _ => return Err(self.error("\\u escape needs exactly four hex digits")),
+            };
+            unit = (unit << 4) | u16::from(value);
+        }
         self.pos += 4;
         Ok(unit)
     }
@@ -446,5 +463,134 @@ mod tests {
         }
         let deep = "[".repeat(MAX_DEPTH + 2) + &"]".repeat(MAX_DEPTH + 2);
         bad(deep.as_bytes());
+    }
+
+    #[test]
+    fn nesting_limit_is_exact() {
+        // A value may sit inside at most MAX_DEPTH containers.
+        let at_limit = "[".repeat(MAX_DEPTH) + "0" + &"]".repeat(MAX_DEPTH);
+        assert!(parse(at_limit.as_bytes()).is_ok());
+        let over = "[".repeat(MAX_DEPTH + 1) + "0" + &"]".repeat(MAX_DEPTH + 1);
+        assert_eq!(
+            parse(over.as_bytes()).map_err(|e| e.reason),
+            Err("nesting too deep")
+        );
+        let objects = r#"{"a":"#.repeat(MAX_DEPTH + 1) + "0" + &"}".repeat(MAX_DEPTH + 1);
+        bad(objects.as_bytes());
+    }
+
+    /// Issue 8 finding 7: `\u` takes exactly four hex digits, as Go and Python require.
+    #[test]
+    fn unicode_escape_needs_four_hex_digits() {
+        for input in [
+            r#""\u+041""#,
+            r#""\u-041""#,
+            r#""\u 041""#,
+            r#""\u041""#,
+            r#""\u04g1""#,
+            r#""\u0x41""#,
+            r#""\u""#,
+            r#""\U0041""#,
+            r#""\ud83d\u+dcc1""#,
+            r#""\ud83d\udcc""#,
+        ] {
+            bad(input.as_bytes());
+        }
+        assert_eq!(ok(r#""\u0041\u00C9\u00e9""#), Value::String("AÉé".into()));
+        assert_eq!(ok(r#""\uD83D\uDCC1""#), Value::String("📁".into()));
+        // A high surrogate followed by an escape that is not a low one: U+FFFD, then the
+        // second escape on its own, as Go decodes it.
+        assert_eq!(ok(r#""\ud83d\u0041""#), Value::String("\u{FFFD}A".into()));
+        assert_eq!(ok(r#""\udcc1""#), Value::String("\u{FFFD}".into()));
+    }
+
+    /// The rest of RFC 8259's grammar, case by case (numbers §6, strings §7, whitespace §2).
+    #[test]
+    fn rfc8259_grammar() {
+        for input in [
+            &b"+1"[..],
+            b".5",
+            b"1.e5",
+            b"1e+",
+            b"0x10",
+            b"--1",
+            b"-01",
+            b"00",
+            b"1_000",
+            b"Infinity",
+            b"-Infinity",
+            b"\"\\'\"",
+            b"\"\\a\"",
+            b"\"\\0\"",
+            b"\"a\tb\"",
+            b"\"a\nb\"",
+            b"\"\x1f\"",
+            b"\x0c1",
+            b"\xc2\xa01",
+            b"{\"a\"}",
+            b"{\"a\":}",
+            b"{,}",
+            b"[,1]",
+            b"{1:2}",
+            b"[1]]",
+            b"truex",
+            b"True",
+            b"\"\xed\xa0\x80\"",
+            b"\"\xc0\xaf\"",
+        ] {
+            bad(input);
+        }
+        for (input, expected) in [
+            ("-0", Value::Number("-0".into())),
+            ("0e0", Value::Number("0e0".into())),
+            ("1E-2", Value::Number("1E-2".into())),
+            ("-0.0e+00", Value::Number("-0.0e+00".into())),
+            (
+                "\"\\/\\b\\f\\n\\r\\t\\\"\\\\\"",
+                Value::String("/\u{8}\u{c}\n\r\t\"\\".into()),
+            ),
+            ("\"\u{7f}\"", Value::String("\u{7f}".into())),
+            (" \t\r\n[ ]\n", Value::Array(Vec::new())),
+            (
+                "{\"\":null}",
+                Value::Object(vec![(
+                    "".into(),
+                    Node {
+                        value: Value::Null,
+                        span: (4, 8),
+                    },
+                )]),
+            ),
+        ] {
+            assert_eq!(ok(input), expected, "{input:?}");
+        }
+    }
+
+    fn object_with_keys(count: usize, last: Option<&str>) -> Vec<u8> {
+        let mut text = String::from("{");
+        for index in 0..count {
+            text.push_str(&format!(r#""k{index:05}":{{"v":[1]}},"#));
+        }
+        text.push_str(&format!(r#""{}":0}}"#, last.unwrap_or("end")));
+        text.into_bytes()
+    }
+
+    /// Issue 8 finding 1: the review's 80,000-key object. With every key compared to every
+    /// earlier one this was 3.2e9 comparisons (about 30 s in release, many minutes here);
+    /// one hash-set insert per key makes it a few milliseconds. No time is asserted: the
+    /// suite's own time limit is what the quadratic version fails.
+    #[test]
+    fn duplicate_keys_found_in_large_objects() {
+        let distinct = parse(&object_with_keys(80_000, None)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(distinct.value.first_duplicate_key(), None);
+        let repeated =
+            parse(&object_with_keys(80_000, Some("k00000"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(repeated.value.first_duplicate_key(), Some("k00000"));
+        let nested = format!(
+            r#"[{{"a":1}},{{"b":{}}}]"#,
+            String::from_utf8_lossy(&object_with_keys(80_000, Some("k79999")))
+        );
+        let nested = parse(nested.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(nested.value.first_duplicate_key(), Some("k79999"));
     }
 }

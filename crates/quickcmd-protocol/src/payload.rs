@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::canonical::{self, CanonicalError};
+use crate::extension::{self, EXTENSION_FIELDS};
 use crate::json::{self, JsonError, Node, Value};
 
 /// Bodies larger than this are refused with 413 before any parsing.
@@ -50,7 +51,8 @@ pub struct SandboxRequest {
     pub workdir: Option<String>,
 }
 
-/// A job as signed by a controller (seed fields plus the optional `sandbox` extension).
+/// A job as signed by a controller: the seed fields plus the optional extensions
+/// (`sandbox`, and v1.1's `stdin` and `requested_by`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobPayload {
     pub job_id: String,
@@ -68,6 +70,11 @@ pub struct JobPayload {
     pub timestamp: i64,
     pub controller_id: String,
     pub sandbox: Option<SandboxRequest>,
+    /// Bytes for the command's standard input, then end of file; at most
+    /// [`MAX_STDIN_BYTES`]. On the wire: standard padded base64.
+    pub stdin: Option<Vec<u8>>,
+    /// For whom the controller signed: 1–128 printable characters.
+    pub requested_by: Option<String>,
 }
 
 /// Why a submit body was refused before any signature check.
@@ -81,7 +88,7 @@ pub enum PayloadError {
     InvalidPayload(String),
 }
 
-fn invalid(message: impl Into<String>) -> PayloadError {
+pub(crate) fn invalid(message: impl Into<String>) -> PayloadError {
     PayloadError::InvalidPayload(message.into())
 }
 
@@ -94,19 +101,34 @@ pub fn is_valid_job_id(id: &str) -> bool {
 }
 
 impl JobPayload {
-    /// Go's `json.Marshal` of the reference struct (the ten seed fields, no `sandbox`).
+    /// The first extension field this payload carries, if any: a payload that does must
+    /// verify over its raw bytes, because the Go form does not sign these fields.
+    pub fn extension_field(&self) -> Option<&'static str> {
+        let present = [
+            self.sandbox.is_some(),
+            self.stdin.is_some(),
+            self.requested_by.is_some(),
+        ];
+        EXTENSION_FIELDS
+            .into_iter()
+            .zip(present)
+            .find_map(|(name, present)| present.then_some(name))
+    }
+
+    /// Go's `json.Marshal` of the reference struct (the ten seed fields, no extension).
     pub fn go_canonical_json(&self) -> Result<String, CanonicalError> {
-        let mut out = String::with_capacity(256 + self.command.len() + self.prompt.len());
+        let mut out = String::with_capacity(self.size_hint());
         out.push('{');
         self.write_seed_fields(&mut out)?;
         out.push('}');
         Ok(out)
     }
 
-    /// The bytes a controller signs and sends: the Go form, with `sandbox` appended when
-    /// present. Signed as raw bytes, so the agent verifies it with signature mode 1.
+    /// The bytes a controller signs and sends: the Go form, with the extension fields that
+    /// are present appended (`sandbox`, `stdin`, `requested_by`). Signed as raw bytes, so the
+    /// agent verifies it with signature mode 1.
     pub fn to_signed_json(&self) -> Result<String, CanonicalError> {
-        let mut out = String::with_capacity(256 + self.command.len() + self.prompt.len());
+        let mut out = String::with_capacity(self.size_hint());
         out.push('{');
         self.write_seed_fields(&mut out)?;
         if let Some(sandbox) = &self.sandbox {
@@ -117,8 +139,22 @@ impl JobPayload {
                 .map_err(|_| CanonicalError::NumberOutOfRange("sandbox.cpu_limit".into()))?;
             out.push_str(&text);
         }
+        extension::write_stdin_and_requested_by(&mut out, self);
         out.push('}');
         Ok(out)
+    }
+
+    /// A starting capacity for the written text; lengths come from a peer, so they add
+    /// without wrapping.
+    fn size_hint(&self) -> usize {
+        let stdin = self
+            .stdin
+            .as_ref()
+            .map_or(0, |bytes| bytes.len() / 3 * 4 + 4);
+        256usize
+            .saturating_add(self.command.len())
+            .saturating_add(self.prompt.len())
+            .saturating_add(stdin)
     }
 
     fn write_seed_fields(&self, out: &mut String) -> Result<(), CanonicalError> {
@@ -167,22 +203,30 @@ impl JobPayload {
     /// Reads a payload object, refusing repeated fields, wrong types, missing required
     /// fields and fields the protocol does not define.
     pub fn from_node(node: &Node) -> Result<JobPayload, PayloadError> {
-        let Value::Object(pairs) = &node.value else {
-            return Err(invalid(format!(
-                "payload must be an object, not {}",
-                node.value.kind()
-            )));
+        JobPayload::from_value(node.value.clone())
+    }
+
+    /// [`JobPayload::from_node`] taking the tree, so the metadata objects (the bulk of a
+    /// large payload) move into the payload instead of being copied.
+    fn from_value(value: Value) -> Result<JobPayload, PayloadError> {
+        let pairs = match value {
+            Value::Object(pairs) => pairs,
+            other => {
+                return Err(invalid(format!(
+                    "payload must be an object, not {}",
+                    other.kind()
+                )))
+            }
         };
-        if let Some(key) = node.value.first_duplicate_key() {
+        if let Some(key) = json::first_duplicate_key(&pairs) {
             return Err(invalid(format!(
                 "payload field `{key}` is given more than once"
             )));
         }
         let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, n)| &n.value);
-        if let Some((unknown, _)) = pairs
-            .iter()
-            .find(|(k, _)| !PAYLOAD_FIELDS.contains(&k.as_str()) && k != SANDBOX_FIELD)
-        {
+        if let Some((unknown, _)) = pairs.iter().find(|(k, _)| {
+            !PAYLOAD_FIELDS.contains(&k.as_str()) && !EXTENSION_FIELDS.contains(&k.as_str())
+        }) {
             return Err(invalid(format!(
                 "payload field `{unknown}` is not part of protocol v1"
             )));
@@ -201,12 +245,14 @@ impl JobPayload {
         if controller_id.is_empty() {
             return Err(invalid("payload field `controller_id` must not be empty"));
         }
-        Ok(JobPayload {
+        check_object(get("candidate_metadata"), "candidate_metadata")?;
+        check_object(get("plugin_metadata"), "plugin_metadata")?;
+        let mut payload = JobPayload {
             job_id,
             prompt: optional_string(get("prompt"), "prompt")?,
             command,
-            candidate_metadata: optional_object(get("candidate_metadata"), "candidate_metadata")?,
-            plugin_metadata: optional_object(get("plugin_metadata"), "plugin_metadata")?,
+            candidate_metadata: None,
+            plugin_metadata: None,
             required_scopes: optional_string_list(get("required_scopes"), "required_scopes")?,
             snapshot_metadata: optional_string(get("snapshot_metadata"), "snapshot_metadata")?,
             ttl: required_int(get("ttl"), "ttl")?,
@@ -216,7 +262,19 @@ impl JobPayload {
                 None | Some(Value::Null) => None,
                 Some(value) => Some(sandbox_from_value(value)?),
             },
-        })
+            stdin: extension::stdin_from_value(get("stdin"))?,
+            requested_by: extension::requested_by_from_value(get("requested_by"))?,
+        };
+        for (key, node) in pairs {
+            let slot = match key.as_str() {
+                "candidate_metadata" => &mut payload.candidate_metadata,
+                "plugin_metadata" => &mut payload.plugin_metadata,
+                _ => continue,
+            };
+            // check_object let only an object or null through.
+            *slot = matches!(node.value, Value::Object(_)).then_some(node.value);
+        }
+        Ok(payload)
     }
 }
 
@@ -253,10 +311,10 @@ fn required_int(value: Option<&Value>, name: &str) -> Result<i64, PayloadError> 
     }
 }
 
-fn optional_object(value: Option<&Value>, name: &str) -> Result<Option<Value>, PayloadError> {
+/// Refuses a metadata field that is neither an object nor null.
+fn check_object(value: Option<&Value>, name: &str) -> Result<(), PayloadError> {
     match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(object @ Value::Object(_)) => Ok(Some(object.clone())),
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
         Some(other) => Err(invalid(format!(
             "payload field `{name}` must be an object or null, not {}",
             other.kind()
@@ -314,31 +372,46 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest<'_>, PayloadError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(PayloadError::TooLarge { size: body.len() });
     }
-    let root = json::parse(body)?;
-    let Value::Object(pairs) = &root.value else {
-        return Err(invalid(format!(
-            "request body must be an object with `payload` and `signature`, not {}",
-            root.value.kind()
-        )));
+    let pairs = match json::parse(body)?.value {
+        Value::Object(pairs) => pairs,
+        other => {
+            return Err(invalid(format!(
+                "request body must be an object with `payload` and `signature`, not {}",
+                other.kind()
+            )))
+        }
     };
-    for (index, (key, _)) in pairs.iter().enumerate() {
-        if pairs[..index].iter().any(|(k, _)| k == key) {
+    // Only two keys may appear, so a repeat is found with two flags, not a scan per key.
+    let (mut seen_payload, mut seen_signature) = (false, false);
+    for (key, _) in &pairs {
+        let seen = match key.as_str() {
+            "payload" => &mut seen_payload,
+            "signature" => &mut seen_signature,
+            _ => {
+                return Err(invalid(format!(
+                    "body field `{key}` is not part of protocol v1"
+                )))
+            }
+        };
+        if std::mem::replace(seen, true) {
             return Err(invalid(format!(
                 "body field `{key}` is given more than once"
             )));
         }
-        if key != "payload" && key != "signature" {
-            return Err(invalid(format!(
-                "body field `{key}` is not part of protocol v1"
-            )));
+    }
+    let (mut payload_node, mut signature_node) = (None, None);
+    for (key, node) in pairs {
+        match key.as_str() {
+            "payload" => payload_node = Some(node),
+            // The loop above let only `payload` and `signature` through.
+            _ => signature_node = Some(node),
         }
     }
-    let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, n)| n);
-    let payload_node =
-        field("payload").ok_or_else(|| invalid("body field `payload` is missing"))?;
+    let payload_node = payload_node.ok_or_else(|| invalid("body field `payload` is missing"))?;
     let signature_node =
-        field("signature").ok_or_else(|| invalid("body field `signature` is missing"))?;
-    let payload = JobPayload::from_node(payload_node)?;
+        signature_node.ok_or_else(|| invalid("body field `signature` is missing"))?;
+    let (start, end) = payload_node.span;
+    let payload = JobPayload::from_value(payload_node.value)?;
     let Value::Object(sig_pairs) = &signature_node.value else {
         return Err(invalid("body field `signature` must be an object"));
     };
@@ -369,7 +442,6 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest<'_>, PayloadError> {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(invalid("signature field `algorithm` must be a string")),
     };
-    let (start, end) = payload_node.span;
     Ok(SubmitRequest {
         payload,
         payload_raw: &body[start..end],
@@ -466,6 +538,29 @@ mod tests {
             parse_submit(b"{"),
             Err(PayloadError::InvalidJson(_))
         ));
+    }
+
+    /// Issue 8 finding 1: the review's body, 80,000 keys in `candidate_metadata` (about
+    /// 870 KB), parses in linear time; the same body with its last key repeated is refused
+    /// naming that key.
+    #[test]
+    fn flood_of_metadata_keys() {
+        let keys = |last: &str| {
+            let mut keys: Vec<String> = (0..79_999).map(|i| format!(r#""k{i:05}":1"#)).collect();
+            keys.push(format!(r#""{last}":1"#));
+            SEED.replace(
+                r#""candidate_metadata":{}"#,
+                &format!(r#""candidate_metadata":{{{}}}"#, keys.join(",")),
+            )
+        };
+        let body = keys("k79999");
+        assert!(body.len() > 850_000 && body.len() < MAX_BODY_BYTES);
+        let request = parse_submit(body.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            &request.payload.candidate_metadata,
+            Some(Value::Object(pairs)) if pairs.len() == 80_000
+        ));
+        refused(&keys("k00000"), "`k00000` is given more than once");
     }
 
     #[test]

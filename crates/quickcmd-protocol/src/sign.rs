@@ -61,8 +61,9 @@ pub enum SignatureRefusal {
     /// Neither the raw bytes nor the Go form matched.
     Mismatch,
     /// The raw bytes did not match and the Go form cannot stand in for them, because the
-    /// payload carries `sandbox`, which that form does not sign.
-    UnsignedSandbox,
+    /// payload carries this extension field (`sandbox`, `stdin`, `requested_by`), which
+    /// that form does not sign.
+    UnsignedExtension { field: &'static str },
 }
 
 /// Checks a submit body's signature: first the raw payload bytes, then the Go form.
@@ -73,8 +74,8 @@ pub fn verify_submit(
     if verify(secret, request.payload_raw, &request.signature) {
         return Ok(SignedForm::Raw);
     }
-    if request.payload.sandbox.is_some() {
-        return Err(SignatureRefusal::UnsignedSandbox);
+    if let Some(field) = request.payload.extension_field() {
+        return Err(SignatureRefusal::UnsignedExtension { field });
     }
     let canonical = request
         .payload
@@ -182,8 +183,16 @@ impl ReadAuth {
         })
     }
 
+    /// Whether the timestamp lies within `skew_seconds` of `now`, either way. The peer's
+    /// number may be any `i64`, so the distance is taken without overflow: `(ts - now).abs()`
+    /// panics in a debug build and wraps to a negative number (inside the window) in a
+    /// release build without overflow checks. A negative skew admits nothing.
+    pub fn within_clock_window(&self, now: i64, skew_seconds: i64) -> bool {
+        skew_seconds >= 0 && self.timestamp.abs_diff(now) <= skew_seconds.unsigned_abs()
+    }
+
     /// Whether the signature covers `method` and `path` under `secret` (the clock window is
-    /// the caller's check).
+    /// [`ReadAuth::within_clock_window`]).
     pub fn verify(&self, secret: &[u8], method: &str, path: &str) -> bool {
         verify(
             secret,
@@ -244,5 +253,39 @@ mod tests {
             Err(ReadAuthError::BadTimestamp)
         );
         assert_eq!(percent_encode("https://a b"), "https%3A%2F%2Fa%20b");
+    }
+
+    /// Issue 8 finding 10: a peer's timestamp at the ends of `i64` is outside the window,
+    /// whatever our clock says, and never overflows.
+    #[test]
+    fn clock_window_takes_any_timestamp() {
+        let at = |timestamp: i64| ReadAuth {
+            controller_id: "c".into(),
+            timestamp,
+            signature: String::new(),
+        };
+        let now = 1_700_000_000;
+        for (timestamp, skew, inside) in [
+            (now, 300, true),
+            (now - 300, 300, true),
+            (now + 300, 300, true),
+            (now - 301, 300, false),
+            (now + 301, 300, false),
+            (i64::MIN, 300, false),
+            (i64::MIN + 1, 300, false),
+            (i64::MAX, 300, false),
+            (now, -1, false),
+            (now, 0, true),
+            (i64::MIN, i64::MAX, false),
+            (i64::MAX, i64::MAX, true),
+        ] {
+            assert_eq!(
+                at(timestamp).within_clock_window(now, skew),
+                inside,
+                "timestamp {timestamp}, skew {skew}"
+            );
+        }
+        assert!(!at(i64::MAX).within_clock_window(i64::MIN, i64::MAX));
+        assert!(!at(now).within_clock_window(i64::MIN, 300));
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditWitness;
+
 /// Job statuses on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +79,9 @@ pub struct SubmitResponse {
 pub struct JobView {
     pub job_id: String,
     pub status: JobStatus,
+    /// The payload's `requested_by` (v1.1), omitted when the payload had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
     pub result: Option<JobResult>,
 }
 
@@ -110,6 +115,10 @@ pub struct JobResult {
     pub stdout_sha256: String,
     #[serde(default)]
     pub stderr_sha256: String,
+    /// The agent's witness of the audit row that recorded this result (v1.1); omitted
+    /// when absent, so v1 clients see no change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditWitness>,
 }
 
 /// One row of `GET /api/v1/jobs`.
@@ -163,6 +172,17 @@ pub struct LogFrame {
     /// Only on the final frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// Only on the final frame, and only from a v1.1 agent: the result's audit witness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditWitness>,
+}
+
+/// `GET /api/v1/whoami` (v1.1): who the agent took the caller for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub controller_id: String,
+    pub agent_id: String,
+    pub version: String,
 }
 
 /// `GET /health`.
@@ -179,4 +199,122 @@ pub struct Health {
     pub running_jobs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result() -> JobResult {
+        JobResult {
+            job_id: "j1".into(),
+            status: JobStatus::Completed,
+            sandbox_id: "c1".into(),
+            exit_code: 0,
+            stdout: "hi\n".into(),
+            stderr: String::new(),
+            start_time: "2024-01-07T12:00:00Z".into(),
+            end_time: "2024-01-07T12:00:01Z".into(),
+            duration_ms: 1000,
+            error: None,
+            reason: None,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stdout_bytes: 3,
+            stderr_bytes: 0,
+            stdout_sha256: String::new(),
+            stderr_sha256: String::new(),
+            audit: None,
+        }
+    }
+
+    fn round_trip<T>(value: &T) -> String
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        let text = serde_json::to_string(value).unwrap_or_else(|e| panic!("{e}"));
+        let back: T = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(&back, value);
+        text
+    }
+
+    /// A v1 client sees exactly the v1 fields when the v1.1 ones are absent, and a v1
+    /// agent's answers still read.
+    #[test]
+    fn v11_fields_are_omitted_when_absent() {
+        let view = JobView {
+            job_id: "j1".into(),
+            status: JobStatus::Completed,
+            requested_by: None,
+            result: Some(result()),
+        };
+        let text = round_trip(&view);
+        assert!(
+            !text.contains("requested_by") && !text.contains("audit"),
+            "{text}"
+        );
+        let v1: JobView =
+            serde_json::from_str(r#"{"job_id":"j","status":"pending","result":null}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v1.requested_by, None);
+
+        let frame = LogFrame {
+            job_id: "j1".into(),
+            timestamp: "2024-01-07T12:00:01.000Z".into(),
+            stream: StreamName::Stdout,
+            data: String::new(),
+            is_final: true,
+            seq: 4,
+            status: Some(JobStatus::Completed),
+            exit_code: Some(0),
+            audit: None,
+        };
+        assert!(!round_trip(&frame).contains("audit"));
+    }
+
+    #[test]
+    fn v11_fields_round_trip() {
+        let witness = AuditWitness {
+            seq: 12,
+            head: "ab".repeat(32),
+            mac: "cd".repeat(32),
+        };
+        let view = JobView {
+            job_id: "j1".into(),
+            status: JobStatus::Completed,
+            requested_by: Some("ann@host".into()),
+            result: Some(JobResult {
+                audit: Some(witness.clone()),
+                ..result()
+            }),
+        };
+        let text = round_trip(&view);
+        assert!(text.contains(r#""status":"completed","requested_by":"ann@host","result""#));
+        assert!(text.contains(r#""audit":{"seq":12,"head":"abab"#));
+        let frame = LogFrame {
+            job_id: "j1".into(),
+            timestamp: "2024-01-07T12:00:01.000Z".into(),
+            stream: StreamName::Stdout,
+            data: String::new(),
+            is_final: true,
+            seq: 4,
+            status: Some(JobStatus::Completed),
+            exit_code: Some(0),
+            audit: Some(witness),
+        };
+        assert!(round_trip(&frame).ends_with(&format!(
+            r#""exit_code":0,"audit":{{"seq":12,"head":"{}","mac":"{}"}}}}"#,
+            "ab".repeat(32),
+            "cd".repeat(32)
+        )));
+        let whoami = WhoAmI {
+            controller_id: "ctl-1".into(),
+            agent_id: "agent-7".into(),
+            version: "0.1.0".into(),
+        };
+        assert_eq!(
+            round_trip(&whoami),
+            r#"{"controller_id":"ctl-1","agent_id":"agent-7","version":"0.1.0"}"#
+        );
+    }
 }

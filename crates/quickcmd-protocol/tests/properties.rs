@@ -4,7 +4,10 @@
 use proptest::prelude::*;
 use quickcmd_protocol::json::{self, Value};
 use quickcmd_protocol::sign;
-use quickcmd_protocol::{parse_submit, verify_submit, JobPayload, SandboxRequest, SignedForm};
+use quickcmd_protocol::{
+    is_valid_requested_by, parse_submit, verify_submit, JobPayload, SandboxRequest,
+    SignatureRefusal, SignedForm,
+};
 
 fn metadata() -> impl Strategy<Value = Option<Value>> {
     let leaf = prop_oneof![
@@ -39,6 +42,8 @@ fn payload() -> impl Strategy<Value = JobPayload> {
         (0i64..4_000_000_000, 0i64..4_000_000_000),
         ".{1,30}",
         prop::option::of((prop::option::of(1u64..100_000), any::<bool>())),
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+        prop::option::of("\\PC{1,20}".prop_filter("printable", |s| is_valid_requested_by(s))),
     )
         .prop_map(
             |(
@@ -52,6 +57,8 @@ fn payload() -> impl Strategy<Value = JobPayload> {
                 (ttl, timestamp),
                 controller_id,
                 sandbox,
+                stdin,
+                requested_by,
             )| JobPayload {
                 job_id,
                 prompt,
@@ -68,6 +75,8 @@ fn payload() -> impl Strategy<Value = JobPayload> {
                     network: Some(network),
                     ..SandboxRequest::default()
                 }),
+                stdin,
+                requested_by,
             },
         )
 }
@@ -83,12 +92,24 @@ proptest! {
         prop_assert_eq!(verify_submit(secret.as_bytes(), &request), Ok(SignedForm::Raw));
         // The Go form of what was read equals the Go form of what was written.
         prop_assert_eq!(request.payload.go_canonical_json(), payload.go_canonical_json());
-        // Re-indenting the body keeps the Go-form signature valid when there is no sandbox.
-        if payload.sandbox.is_none() {
+        // Metadata compares through its Go form above (spans and number text differ).
+        prop_assert_eq!(&request.payload.sandbox, &payload.sandbox);
+        prop_assert_eq!(&request.payload.stdin, &payload.stdin);
+        prop_assert_eq!(&request.payload.requested_by, &payload.requested_by);
+        // Re-indenting the body keeps the Go-form signature valid when there is no
+        // extension field; with one, the Go form must not stand in for the raw bytes.
+        let go = payload.go_canonical_json().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if let Some(field) = payload.extension_field() {
+            let mut go_signed = request.clone();
+            go_signed.signature = sign(secret.as_bytes(), go.as_bytes());
+            prop_assert_eq!(
+                verify_submit(secret.as_bytes(), &go_signed),
+                Err(SignatureRefusal::UnsignedExtension { field })
+            );
+        } else {
             let pretty = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&body).map_err(|e| TestCaseError::fail(e.to_string()))?)
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             if let Ok(reformatted) = parse_submit(pretty.as_bytes()) {
-                let go = payload.go_canonical_json().map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let go_signature = sign(secret.as_bytes(), go.as_bytes());
                 let mut reformatted = reformatted;
                 reformatted.signature = go_signature;

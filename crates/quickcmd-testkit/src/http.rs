@@ -24,6 +24,8 @@ pub fn payload(controller_id: &str, job_id: &str, command: &str) -> JobPayload {
         timestamp: now,
         controller_id: controller_id.to_string(),
         sandbox: None,
+        stdin: None,
+        requested_by: None,
     }
 }
 

@@ -115,6 +115,8 @@ pub fn sign_job(
             .sandbox
             .clone()
             .filter(|s| *s != SandboxRequest::default()),
+        stdin: None,
+        requested_by: None,
     };
     let payload_json = payload
         .to_signed_json()

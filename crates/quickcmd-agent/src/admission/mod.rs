@@ -225,9 +225,9 @@ fn check_signature(
         );
         match refusal {
             SignatureRefusal::Mismatch => error,
-            SignatureRefusal::UnsignedSandbox => error.with_details(
-                "the payload carries `sandbox`, which only the raw form signs; sign the payload bytes exactly as sent",
-            ),
+            SignatureRefusal::UnsignedExtension { field } => error.with_details(format!(
+                "the payload carries `{field}`, which only the raw form signs; sign the payload bytes exactly as sent",
+            )),
         }
     })
 }

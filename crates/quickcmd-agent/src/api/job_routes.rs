@@ -61,6 +61,7 @@ pub(super) async fn get(
     Ok(Json(JobView {
         job_id: job.job_id,
         status,
+        requested_by: None,
         result,
     }))
 }
@@ -98,6 +99,7 @@ async fn result_of(agent: &Agent, job: &JobRecord) -> Result<JobResult, ApiError
         stderr_bytes: job.stderr_bytes.max(0) as u64,
         stdout_sha256: job.stdout_sha256.clone().unwrap_or_default(),
         stderr_sha256: job.stderr_sha256.clone().unwrap_or_default(),
+        audit: None,
     })
 }
 

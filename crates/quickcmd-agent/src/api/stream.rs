@@ -236,6 +236,7 @@ async fn replay_stored(
             seq: frame.seq as u64,
             status: None,
             exit_code: None,
+            audit: None,
         };
         if send_timed(agent, &mut socket, text(&log)).await.is_err() {
             return;

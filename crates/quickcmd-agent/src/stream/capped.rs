@@ -85,6 +85,7 @@ impl CappedStream {
             seq,
             status: None,
             exit_code: None,
+            audit: None,
         })
     }
 

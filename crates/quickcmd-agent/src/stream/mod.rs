@@ -150,6 +150,7 @@ impl JobStream {
             seq: inner.seq,
             status: None,
             exit_code: None,
+            audit: None,
         };
         let state = match stream {
             StreamName::Stdout => &mut inner.stdout,
@@ -267,6 +268,7 @@ pub(crate) fn final_frame(
         seq,
         status: Some(status),
         exit_code: Some(exit_code),
+        audit: None,
     }
 }
 

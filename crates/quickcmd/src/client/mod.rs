@@ -479,6 +479,7 @@ pub fn result_of(view: JobView) -> JobResult {
             stderr_bytes: 0,
             stdout_sha256: String::new(),
             stderr_sha256: String::new(),
+            audit: None,
         },
     }
 }

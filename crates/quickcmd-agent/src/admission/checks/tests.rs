@@ -25,6 +25,8 @@ fn payload(sandbox: Option<SandboxRequest>, scopes: Option<Vec<&str>>) -> JobPay
         timestamp: 1_000_000,
         controller_id: "c1".into(),
         sandbox,
+        stdin: None,
+        requested_by: None,
     }
 }
 
