@@ -80,8 +80,20 @@ pub struct HostReport {
     pub error: Option<String>,
     pub stdout: String,
     pub stderr: String,
+    /// `stdout` holds only the start of the stream (our capture bound, or the agent's
+    /// `max_output_bytes`); `stdout_bytes` and `stdout_sha256` then describe all of it.
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    /// Size of the whole stream in bytes, as the agent (or, failing that, we) counted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_bytes: Option<u64>,
+    /// SHA-256 (hex) of the whole stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_sha256: Option<String>,
     /// How often the log stream had to be re-established.
     pub stream_reconnects: u32,
 }
@@ -102,6 +114,10 @@ impl HostReport {
             stderr: String::new(),
             stdout_truncated: false,
             stderr_truncated: false,
+            stdout_bytes: None,
+            stderr_bytes: None,
+            stdout_sha256: None,
+            stderr_sha256: None,
             stream_reconnects: 0,
         }
     }

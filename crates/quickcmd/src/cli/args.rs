@@ -79,18 +79,26 @@ pub struct GlobalArgs {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Targets")]
 pub struct TargetArgs {
-    /// Agent by inventory name or https:// URL (repeatable)
-    #[arg(long = "agent", short = 'a', value_name = "URL|NAME")]
+    /// Agent by inventory name, https:// URL, or pattern: web-*, web-[1-3], db-[01-12,20];
+    /// !PATTERN excludes (repeatable)
+    #[arg(long = "agent", short = 'a', value_name = "URL|NAME|PATTERN")]
     pub agents: Vec<String>,
     /// Inventory agents in this group (repeatable: any of them)
     #[arg(long = "group", short = 'g', value_name = "GROUP")]
     pub groups: Vec<String>,
-    /// Inventory agents with this label (repeatable: all of them)
-    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    /// Inventory agents whose labels match: env=prod,role!=db,canary,!legacy (repeatable:
+    /// all of them)
+    #[arg(long = "label", short = 'l', value_name = "SELECTOR")]
     pub labels: Vec<String>,
     /// Every inventory agent
     #[arg(long)]
     pub all: bool,
+    /// Leave out agents whose name matches (name or pattern; repeatable)
+    #[arg(long, short = 'x', value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Print the selected agents (name and URL) and stop; nothing is sent
+    #[arg(long)]
+    pub list_hosts: bool,
 }
 
 impl TargetArgs {
@@ -100,8 +108,22 @@ impl TargetArgs {
             groups: self.groups.clone(),
             labels: self.labels.clone(),
             all: self.all,
+            exclude: self.exclude.clone(),
         }
     }
+}
+
+/// Output shape of `run` and `submit`.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Output shape")]
+pub struct ShapeArgs {
+    /// Name-prefixed lines and a summary (and exit 0/1/255) even for one named host
+    #[arg(long, conflicts_with = "no_prefix")]
+    pub prefix: bool,
+    /// The job's own bytes without prefixes or summary, as ssh prints them (a single
+    /// host then exits with the job's own code)
+    #[arg(long)]
+    pub no_prefix: bool,
 }
 
 /// What to run and how.
@@ -152,6 +174,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
     #[command(flatten)]
+    pub shape: ShapeArgs,
+    #[command(flatten)]
     pub job: JobArgs,
     /// Hosts running at once
     #[arg(long, help_heading = "Fan-out", value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -178,6 +202,8 @@ pub struct RunArgs {
 pub struct SubmitArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
     #[command(flatten)]
     pub job: JobArgs,
     /// Hosts submitted to at once
@@ -217,12 +243,48 @@ pub enum Command {
         #[arg(long, default_value_t = 0, value_name = "SEQ")]
         since: u64,
     },
-    /// Cancel a pending or running job
+    /// Cancel a pending or running job, or every open job of a run (--run)
     Cancel {
         #[command(flatten)]
         targets: TargetArgs,
         /// The job id
-        job_id: String,
+        #[arg(required_unless_present = "run", conflicts_with = "run")]
+        job_id: Option<String>,
+        /// Cancel every job of this run that has not ended (`last`: the latest run)
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+    },
+    /// Wait for a job or a whole run to end; exits as `run` would have
+    Wait {
+        /// A job id or a run id from the history (`last`: the latest run)
+        id: String,
+        /// Give up after this long (exit 75, the job goes on)
+        #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Run a run's command again on the hosts where it did not succeed
+    Rerun {
+        /// Only the hosts that did not succeed (failed, unreachable, refused, cancelled,
+        /// skipped); required, as re-running everywhere is `run` again
+        #[arg(long, required = true)]
+        failed: bool,
+        /// The run to re-run (`last`: the latest run)
+        #[arg(value_name = "RUN_ID")]
+        run: String,
+        /// Hosts running at once
+        #[arg(long, help_heading = "Fan-out", value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        max_concurrency: u32,
+        /// Failed hosts tolerated before no new host starts: N or P%
+        #[arg(
+            long,
+            help_heading = "Fan-out",
+            default_value = "0",
+            value_name = "N|P%"
+        )]
+        max_errors: MaxErrors,
+        /// Poll for the result instead of streaming output live
+        #[arg(long, help_heading = "Fan-out")]
+        no_stream: bool,
     },
     /// List this controller's jobs on agents, newest first
     List {
@@ -254,8 +316,28 @@ pub enum Command {
         /// Only this job
         #[arg(long = "job", value_name = "JOB_ID")]
         job_id: Option<String>,
+        /// Only the jobs of this run (`last`: the latest run)
+        #[arg(long = "run", value_name = "RUN_ID")]
+        run_id: Option<String>,
+        /// Show the rows as stored, without asking agents about jobs that had not ended
+        #[arg(long)]
+        no_refresh: bool,
     },
-    /// Print shell completions
+    /// The inventory: agents with their URL, groups and labels; --check probes each
+    Inventory {
+        #[command(flatten)]
+        targets: TargetArgs,
+        /// Ask each agent's /health (reachable, version, round-trip time)
+        #[arg(long, conflicts_with_all = ["names", "group_names"])]
+        check: bool,
+        /// Print only the agent names, one a line (for shell completion)
+        #[arg(long, conflicts_with = "group_names")]
+        names: bool,
+        /// Print only the group names, one a line (for shell completion)
+        #[arg(long)]
+        group_names: bool,
+    },
+    /// Print shell completions (host and group names are completed from the inventory)
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,

@@ -150,7 +150,7 @@ fn outcome_exit_code(status: JobStatus, exit_code: Option<i64>) -> u8 {
     .single_host_exit_code()
 }
 
-fn outcome_of_view(view: &JobView) -> RunOutcome {
+pub(super) fn outcome_of_view(view: &JobView) -> RunOutcome {
     let result = view.result.as_ref();
     let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
     RunOutcome {

@@ -1,12 +1,11 @@
-//! `agent gen-key`, `agent gen-cert`, `health`, `history` and `man`.
+//! `agent gen-key`, `agent gen-cert`, `health` and `man`.
 
 use anyhow::anyhow;
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 
 use super::{failed, usage, AgentCommand, Cli, CliResult, Context, TargetArgs};
-use crate::history::{History, HistoryFilter};
-use crate::output::{format_duration_ms, out, outln, short_time, table, truncate, write_stdout};
+use crate::output::{out, outln, table, truncate, write_stdout};
 use crate::secret::generate_key;
 use crate::tls::{generate_cert, write_cert_files};
 
@@ -143,69 +142,4 @@ pub(super) fn health(context: Context, targets: TargetArgs) -> CliResult {
         );
     }
     Ok(if all_healthy { 0 } else { 1 })
-}
-
-pub(super) fn history(
-    context: &Context,
-    limit: u32,
-    agent: Option<String>,
-    status: Option<String>,
-    job_id: Option<String>,
-) -> CliResult {
-    let path = context.history_path()?;
-    let rows = context.runtime.block_on(async {
-        let history = History::open(&path).await.map_err(failed)?;
-        history
-            .query(HistoryFilter {
-                limit,
-                agent,
-                status,
-                job_id,
-            })
-            .await
-            .map_err(failed)
-    })?;
-    if context.json() {
-        for row in &rows {
-            outln!("{}", serde_json::to_string(row).unwrap_or_default());
-        }
-        return Ok(0);
-    }
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|row| {
-            vec![
-                short_time(&row.submitted_at),
-                row.agent.clone(),
-                row.job_id.clone(),
-                row.user.clone(),
-                row.status.clone(),
-                row.exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                row.duration_ms
-                    .map(format_duration_ms)
-                    .unwrap_or_else(|| "-".into()),
-                truncate(&row.command, 60),
-            ]
-        })
-        .collect();
-    out!(
-        "{}",
-        table(
-            &[
-                "SUBMITTED (UTC)",
-                "AGENT",
-                "JOB",
-                "USER",
-                "STATUS",
-                "EXIT",
-                "DURATION",
-                "COMMAND"
-            ],
-            &cells,
-            None
-        )
-    );
-    Ok(0)
 }

@@ -5,9 +5,11 @@
 
 mod args;
 mod config;
+mod inventory;
 mod jobs;
 mod misc;
 mod run;
+mod runs;
 mod values;
 
 use std::io::IsTerminal;
@@ -15,15 +17,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 pub use args::{
-    AgentCommand, Cli, Command, ConfigCommand, GlobalArgs, JobArgs, RunArgs, SubmitArgs, TargetArgs,
+    AgentCommand, Cli, Command, ConfigCommand, GlobalArgs, JobArgs, RunArgs, ShapeArgs, SubmitArgs,
+    TargetArgs,
 };
 
 use crate::client::{Client, ClientOptions, RetryNotice, RetryPolicy};
 use crate::config::{default_history_path, ControllerConfig};
-use crate::output::{errln, write_stderr, write_stdout, OutputFormat};
+use crate::output::{errln, write_stderr, OutputFormat};
 use crate::target::{build_clients, resolve_endpoints, select_agents, Overrides, TargetSelection};
 
 /// Exit code for usage and config errors.
@@ -128,22 +131,51 @@ pub fn execute(cli: Cli) -> CliResult {
     match cli.command {
         Command::Agent(command) => misc::agent(command),
         Command::Config(command) => config::config(global, command),
-        Command::Completions { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "quickcmd", &mut script);
-            write_stdout(&script);
-            Ok(0)
-        }
+        Command::Completions { shell } => inventory::completions(shell),
+        Command::Inventory {
+            targets,
+            check,
+            names,
+            group_names,
+        } => inventory::inventory(Context::load(global)?, targets, check, names, group_names),
         Command::Man => misc::man(),
         Command::History {
             limit,
             agent,
             status,
             job_id,
+            run_id,
+            no_refresh,
         } => {
             let context = Context::load(global)?;
-            misc::history(&context, limit, agent, status, job_id)
+            runs::history(
+                &context,
+                runs::HistoryQuery {
+                    limit,
+                    agent,
+                    status,
+                    job_id,
+                    run_id,
+                    refresh: !no_refresh,
+                },
+            )
         }
+        Command::Wait { id, timeout } => runs::wait(Context::load(global)?, id, timeout),
+        Command::Rerun {
+            failed: _,
+            run,
+            max_concurrency,
+            max_errors,
+            no_stream,
+        } => runs::rerun(
+            Context::load(global)?,
+            runs::RerunArgs {
+                run,
+                max_concurrency,
+                max_errors,
+                no_stream,
+            },
+        ),
         Command::Run(args) => run::run(Context::load(global)?, args),
         Command::Submit(args) => run::submit(Context::load(global)?, args),
         Command::Status { targets, job_id } => {
@@ -155,15 +187,33 @@ pub fn execute(cli: Cli) -> CliResult {
             follow,
             since,
         } => jobs::logs(Context::load(global)?, targets, job_id, follow, since),
-        Command::Cancel { targets, job_id } => {
-            jobs::cancel(Context::load(global)?, targets, job_id)
-        }
+        Command::Cancel {
+            targets,
+            job_id,
+            run,
+        } => match (job_id, run) {
+            (_, Some(run)) => runs::cancel_run(Context::load(global)?, run),
+            (Some(job_id), None) => jobs::cancel(Context::load(global)?, targets, job_id),
+            (None, None) => Err(usage(anyhow::anyhow!("give a JOB_ID or --run RUN_ID"))),
+        },
         Command::List {
             targets,
             status,
             limit,
-        } => jobs::list(Context::load(global)?, targets, status, limit),
-        Command::Health { targets } => misc::health(Context::load(global)?, targets),
+        } => {
+            let context = Context::load(global)?;
+            if targets.list_hosts {
+                return inventory::list_hosts(&context, &targets.selection()).map(|()| 0);
+            }
+            jobs::list(context, targets, status, limit)
+        }
+        Command::Health { targets } => {
+            let context = Context::load(global)?;
+            if targets.list_hosts {
+                return inventory::list_hosts(&context, &targets.selection()).map(|()| 0);
+            }
+            misc::health(context, targets)
+        }
     }
 }
 
@@ -203,6 +253,15 @@ impl Context {
 
     /// Clients for the selected agents (blocking file reads: call outside `block_on`).
     pub(crate) fn clients(&self, selection: &TargetSelection) -> Result<Vec<Client>, Failure> {
+        self.clients_with(selection, self.client_options())
+    }
+
+    /// Clients for the selected agents, with `options`.
+    pub(crate) fn clients_with(
+        &self,
+        selection: &TargetSelection,
+        options: ClientOptions,
+    ) -> Result<Vec<Client>, Failure> {
         let agents = select_agents(&self.config, selection).map_err(usage)?;
         let endpoints =
             resolve_endpoints(&self.config, &agents, &self.overrides()).map_err(usage)?;
@@ -212,7 +271,7 @@ impl Context {
                  the network path can pose as an agent and read the jobs' output"
             );
         }
-        build_clients(endpoints, &self.client_options()).map_err(usage)
+        build_clients(endpoints, &options).map_err(usage)
     }
 
     /// Timeouts and retries from the flags; each retry is said on stderr in one line.

@@ -8,14 +8,14 @@ use anyhow::anyhow;
 use quickcmd_protocol::SandboxRequest;
 
 use super::{
-    could_not_run, failed, usage, CliResult, Context, JobArgs, RunArgs, SubmitArgs,
-    EXIT_COULD_NOT_RUN, EXIT_INTERRUPTED,
+    could_not_run, failed, usage, CliResult, Context, JobArgs, RunArgs, ShapeArgs, SubmitArgs,
+    TargetArgs, EXIT_COULD_NOT_RUN, EXIT_INTERRUPTED,
 };
 use crate::client::Client;
 use crate::fanout::{cancel_started, run_all, MaxErrors, RunOptions, StartedJobs};
-use crate::history::History;
-use crate::job::JobSpec;
-use crate::output::{errln, spawn_printer, PrinterConfig};
+use crate::history::{History, Invocation, InvocationTarget};
+use crate::job::{new_job_id, JobSpec};
+use crate::output::{errln, outln, spawn_printer, summary_json, OutputFormat, PrinterConfig};
 use crate::report::{HostReport, HostStatus, RunEvent, Tally};
 
 /// How long Ctrl-C waits for the agents to take the cancels.
@@ -34,9 +34,13 @@ pub(super) fn run(context: Context, args: RunArgs) -> CliResult {
         stream: !args.no_stream,
         wait_limit: Some(wait_limit),
         submit_only: false,
+        ..RunOptions::default()
     };
-    let clients = context.clients(&args.targets.selection())?;
-    fan_out(&context, clients, spec, options)
+    let shape = Shape::of(&args.targets, &args.shape);
+    let Some(clients) = targets_or_list(&context, &args.targets)? else {
+        return Ok(0);
+    };
+    fan_out(&context, clients, spec, options, shape, ("run", None))
 }
 
 pub(super) fn submit(context: Context, args: SubmitArgs) -> CliResult {
@@ -47,12 +51,57 @@ pub(super) fn submit(context: Context, args: SubmitArgs) -> CliResult {
         stream: false,
         wait_limit: None,
         submit_only: true,
+        ..RunOptions::default()
     };
-    let clients = context.clients(&args.targets.selection())?;
-    fan_out(&context, clients, spec, options)
+    let shape = Shape::of(&args.targets, &args.shape);
+    let Some(clients) = targets_or_list(&context, &args.targets)? else {
+        return Ok(0);
+    };
+    fan_out(&context, clients, spec, options, shape, ("submit", None))
 }
 
-/// Builds the job from the command line.
+/// The clients of the selected targets; with `--list-hosts`, prints them and returns
+/// `None` (nothing runs).
+fn targets_or_list(
+    context: &Context,
+    targets: &TargetArgs,
+) -> Result<Option<Vec<Client>>, super::Failure> {
+    if targets.list_hosts {
+        super::inventory::list_hosts(context, &targets.selection())?;
+        return Ok(None);
+    }
+    context.clients(&targets.selection()).map(Some)
+}
+
+/// How a run's output looks and which exit codes it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// Like ssh: the job's own bytes, no prefix, no summary; one host exits with the
+    /// job's own code. Only when exactly one host is named with `-a` (or `--no-prefix`).
+    Bare,
+    /// Prefixed lines and a summary; exit 0, 1 or 255 (see docs/controller.md). Any
+    /// group, label, pattern or `--all` selector, even when it matches one host.
+    Fanout,
+}
+
+impl Shape {
+    pub(super) fn of(targets: &TargetArgs, shape: &ShapeArgs) -> Shape {
+        if shape.no_prefix {
+            return Shape::Bare;
+        }
+        if shape.prefix {
+            return Shape::Fanout;
+        }
+        let selection = targets.selection();
+        if selection.names_one_host() {
+            Shape::Bare
+        } else {
+            Shape::Fanout
+        }
+    }
+}
+
+/// Builds the job from the command line./// Builds the job from the command line.
 pub(super) fn job_spec(args: &JobArgs) -> Result<JobSpec, super::Failure> {
     let command = args.command.join(" ");
     if command.trim().is_empty() {
@@ -91,20 +140,44 @@ pub(super) fn job_spec(args: &JobArgs) -> Result<JobSpec, super::Failure> {
     })
 }
 
-fn fan_out(
+/// Runs `spec` on `clients` as a new run (`kind`: run, submit or rerun; `rerun_of`: the
+/// run it repeats), recorded in the history before anything is sent.
+pub(super) fn fan_out(
     context: &Context,
     clients: Vec<Client>,
     spec: JobSpec,
-    options: RunOptions,
+    mut options: RunOptions,
+    shape: Shape,
+    (kind, rerun_of): (&str, Option<String>),
 ) -> CliResult {
     let history_path = context.history_path()?;
     let format = context.global.output;
-    let single = clients.len() == 1;
+    let single = shape == Shape::Bare && clients.len() == 1;
     let hosts: Vec<String> = clients.iter().map(|c| c.name().to_string()).collect();
+    let run_id = new_job_id();
+    options.run_id = Some(run_id.clone());
+    options.announce_queue = single && format == OutputFormat::Text && !options.submit_only;
+    let targets: Vec<InvocationTarget> = clients
+        .iter()
+        .map(|c| InvocationTarget {
+            name: c.name().to_string(),
+            url: c.url().to_string(),
+        })
+        .collect();
+    let invocation = Invocation::new(&run_id, kind, &spec, targets, rerun_of);
     context.runtime.block_on(async {
         // Nothing runs unrecorded: without the history, nothing could be run.
         let history = History::open(&history_path).await.map_err(could_not_run)?;
-        let (events, printer) = spawn_printer(PrinterConfig::for_terminal(hosts, format))
+        history
+            .record_invocation(&invocation)
+            .await
+            .map_err(could_not_run)?;
+        tracing::info!("run {run_id}");
+        let mut printer_config = PrinterConfig::for_terminal(hosts, format);
+        printer_config.multi = shape == Shape::Fanout;
+        printer_config.progress &= printer_config.multi;
+        printer_config.run_id = Some(run_id.clone());
+        let (events, printer) = spawn_printer(printer_config)
             .map_err(|e| could_not_run(anyhow!("cannot start the output thread: {e}")))?;
         let started = StartedJobs::default();
         let mut running = Box::pin(run_all(
@@ -130,10 +203,21 @@ fn fan_out(
             .await
             .map_err(|e| failed(anyhow!("output thread failed: {e}")))?
             .map_err(|_| failed(anyhow!("output thread panicked")))?;
-        if interrupted {
-            return Ok(EXIT_INTERRUPTED);
+        let code = if interrupted {
+            EXIT_INTERRUPTED
+        } else {
+            exit_code(single, &reports)
+        };
+        match format {
+            OutputFormat::Json => {
+                outln!("{}", summary_json(Some(&run_id), &reports, code));
+            }
+            OutputFormat::Text if shape == Shape::Fanout => {
+                outln!("run {run_id}  (quickcmd history --run {run_id})");
+            }
+            OutputFormat::Text => {}
         }
-        Ok(exit_code(single, &reports))
+        Ok(code)
     })
 }
 
@@ -284,19 +368,8 @@ mod tests {
     #[test]
     fn exit_codes() {
         let report = |status, exit_code| HostReport {
-            agent: "a".into(),
-            url: "https://a:1/".into(),
-            job_id: None,
-            status,
             exit_code,
-            duration_ms: None,
-            reason: None,
-            error: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            stream_reconnects: 0,
+            ..HostReport::empty("a", "https://a:1/", status)
         };
         use HostStatus::*;
         for (status, code, expected) in [

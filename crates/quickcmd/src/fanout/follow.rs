@@ -246,6 +246,10 @@ fn record(
         stderr_sha256: pick(result.as_ref().map(|r| &r.stderr_sha256), stderr.sha256()),
         result,
     };
+    report.stdout_bytes = Some(output.stdout_bytes);
+    report.stderr_bytes = Some(output.stderr_bytes);
+    report.stdout_sha256 = Some(output.stdout_sha256.clone());
+    report.stderr_sha256 = Some(output.stderr_sha256.clone());
     report.stdout = stdout.text;
     report.stderr = stderr.text;
     (report, Some(output))

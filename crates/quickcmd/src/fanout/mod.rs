@@ -72,6 +72,10 @@ pub struct RunOptions {
     pub wait_limit: Option<Duration>,
     /// Submit only, do not wait (`quickcmd submit`).
     pub submit_only: bool,
+    /// The invocation every job of this fan-out belongs to (recorded in the history).
+    pub run_id: Option<String>,
+    /// Say on stderr when a job waits in the agent's queue (one host, live output).
+    pub announce_queue: bool,
 }
 
 impl Default for RunOptions {
@@ -82,6 +86,8 @@ impl Default for RunOptions {
             stream: true,
             wait_limit: None,
             submit_only: false,
+            run_id: None,
+            announce_queue: false,
         }
     }
 }
@@ -265,6 +271,7 @@ async fn run_host(host: usize, client: &Client, context: &Context) -> HostReport
             prompt: signed.payload.prompt.clone(),
             payload_sha256: signed.payload_sha256(),
             signature: signed.signature.clone(),
+            run_id: context.options.run_id.clone(),
         };
         // Nothing runs unrecorded: no history row, no submission.
         if let Err(error) = history.record_submission(run).await {
@@ -311,7 +318,17 @@ async fn submit_and_follow(
         };
         return (report, None);
     }
-    let following = follow(host, client, context, &job_id);
+    let following = async {
+        let following = follow(host, client, context, &job_id);
+        tokio::pin!(following);
+        if context.options.announce_queue {
+            tokio::select! {
+                done = &mut following => return done,
+                () = watch_queue(host, client, context, &job_id) => {}
+            }
+        }
+        following.await
+    };
     match context.options.wait_limit {
         None => following.await,
         Some(limit) => match tokio::time::timeout(limit, following).await {
@@ -331,6 +348,51 @@ async fn submit_and_follow(
                 (report, None)
             }
         },
+    }
+}
+
+/// How long a job may stay `pending` before we say it is queued.
+const QUEUE_NOTICE_AFTER: Duration = Duration::from_secs(1);
+/// How often a queued job is asked about.
+const QUEUE_POLL: Duration = Duration::from_secs(2);
+
+/// Says on stderr when the job waits in the agent's queue (instead of silence), and when
+/// it leaves it. Returns once the job is no longer pending or cannot be asked about.
+async fn watch_queue(host: usize, client: &Client, context: &Context, job_id: &str) {
+    tokio::time::sleep(QUEUE_NOTICE_AFTER).await;
+    let mut queued_since = None;
+    loop {
+        match client.status(job_id).await {
+            Ok(view) if view.status == quickcmd_protocol::JobStatus::Pending => {
+                if queued_since.is_none() {
+                    queued_since = Some(std::time::Instant::now());
+                    context
+                        .emit(RunEvent::Notice {
+                            host,
+                            message: format!(
+                                "queued: job {job_id} is waiting for a free slot on the agent"
+                            ),
+                        })
+                        .await;
+                }
+            }
+            Ok(_) => {
+                if let Some(since) = queued_since {
+                    context
+                        .emit(RunEvent::Notice {
+                            host,
+                            message: format!(
+                                "started after {:.0}s in the queue",
+                                since.elapsed().as_secs_f64()
+                            ),
+                        })
+                        .await;
+                }
+                return;
+            }
+            Err(_) => return,
+        }
+        tokio::time::sleep(QUEUE_POLL).await;
     }
 }
 

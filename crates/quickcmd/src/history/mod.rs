@@ -7,9 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod invocation;
+mod migrate;
 mod sql;
 mod user;
 
+pub use invocation::{Invocation, InvocationTarget};
 use serde::Serialize;
 use sql::{open_blocking, row_from_sql, COLUMNS};
 pub use user::local_user;
@@ -56,6 +59,8 @@ pub struct NewRun {
     /// SHA-256 of the signed payload bytes; with `signature`, proof of what was sent.
     pub payload_sha256: String,
     pub signature: String,
+    /// The invocation this job belongs to.
+    pub run_id: Option<String>,
 }
 
 /// What became of a submission.
@@ -103,6 +108,16 @@ pub struct HistoryRow {
     pub stdout_sha256: Option<String>,
     pub stderr_sha256: Option<String>,
     pub updated_at: String,
+    /// The invocation (`quickcmd run`, `submit`, `rerun`) the job belongs to; none for
+    /// rows written before runs were recorded.
+    pub run_id: Option<String>,
+}
+
+impl HistoryRow {
+    /// Whether the row's status can still change (the job had not ended when written).
+    pub fn is_open(&self) -> bool {
+        matches!(self.status.as_str(), "submitting" | "pending" | "running")
+    }
 }
 
 /// Which rows `query` returns, newest first.
@@ -112,6 +127,7 @@ pub struct HistoryFilter {
     pub agent: Option<String>,
     pub status: Option<String>,
     pub job_id: Option<String>,
+    pub run_id: Option<String>,
 }
 
 impl Default for HistoryFilter {
@@ -121,6 +137,7 @@ impl Default for HistoryFilter {
             agent: None,
             status: None,
             job_id: None,
+            run_id: None,
         }
     }
 }
@@ -132,7 +149,7 @@ pub struct History {
     connection: Arc<Mutex<Connection>>,
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -178,8 +195,8 @@ impl History {
             let now = now_rfc3339();
             connection.execute(
                 "INSERT INTO runs (job_id, agent, agent_url, controller_id, user, command, \
-                 prompt, payload_sha256, signature, submitted_at, status, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'submitting', ?10)",
+                 prompt, payload_sha256, signature, submitted_at, status, updated_at, run_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'submitting', ?10, ?11)",
                 params![
                     run.job_id,
                     run.agent,
@@ -190,7 +207,8 @@ impl History {
                     run.prompt,
                     run.payload_sha256,
                     run.signature,
-                    now
+                    now,
+                    run.run_id
                 ],
             )?;
             Ok(())
@@ -247,11 +265,18 @@ impl History {
             let sql = format!(
                 "SELECT {COLUMNS} FROM runs WHERE (?1 IS NULL OR agent = ?1) \
                  AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR job_id = ?3) \
+                 AND (?5 IS NULL OR run_id = ?5) \
                  ORDER BY submitted_at DESC, id DESC LIMIT ?4"
             );
             let mut statement = connection.prepare(&sql)?;
             let rows = statement.query_map(
-                params![filter.agent, filter.status, filter.job_id, filter.limit],
+                params![
+                    filter.agent,
+                    filter.status,
+                    filter.job_id,
+                    filter.limit,
+                    filter.run_id
+                ],
                 row_from_sql,
             )?;
             rows.collect()
@@ -292,6 +317,7 @@ mod tests {
             prompt: "say hi".into(),
             payload_sha256: "ab".into(),
             signature: "cd".into(),
+            run_id: Some("r1".into()),
         }
     }
 

@@ -14,8 +14,11 @@ use tokio::sync::mpsc;
 
 use crate::report::{HostReport, HostStatus, RunEvent, Tally};
 
+mod json;
 mod stdio;
 mod text;
+
+pub use json::{data_fields, host_event, output_event, summary_json};
 
 pub(crate) use stdio::{errln, out, outln};
 pub use stdio::{stdout_failed, write_stderr, write_stdout, EXIT_BROKEN_PIPE};
@@ -44,6 +47,8 @@ pub struct PrinterConfig {
     /// ANSI colours on stdout / stderr.
     pub color_stdout: bool,
     pub color_stderr: bool,
+    /// The run the events belong to (in every JSON object).
+    pub run_id: Option<String>,
 }
 
 impl PrinterConfig {
@@ -60,6 +65,7 @@ impl PrinterConfig {
             hosts,
             format,
             multi,
+            run_id: None,
         }
     }
 }
@@ -166,7 +172,38 @@ impl Printer {
         }
     }
 
+    /// One JSON object on its own line.
+    fn write_json(&self, value: &serde_json::Value) {
+        let line = format!("{value}\n");
+        self.write_out(|| write_raw(StreamName::Stdout, line.as_bytes()));
+    }
+
+    /// `--output json`: every event is an object (the final report is written by
+    /// `finished`).
+    fn handle_json(&mut self, event: &RunEvent) {
+        let run_id = self.config.run_id.as_deref();
+        let value = match event {
+            RunEvent::Submitted { host, job_id } => serde_json::json!({
+                "event": "submitted", "run_id": run_id, "host": self.name(*host), "job_id": job_id,
+            }),
+            RunEvent::Output { host, stream, data } => {
+                output_event(run_id, self.name(*host), *stream, data.as_bytes())
+            }
+            RunEvent::Notice { host, message } => serde_json::json!({
+                "event": "notice", "run_id": run_id, "host": self.name(*host), "message": message,
+            }),
+            RunEvent::Message { message } => serde_json::json!({
+                "event": "notice", "run_id": run_id, "message": message,
+            }),
+            RunEvent::Started { .. } | RunEvent::Finished { .. } => return,
+        };
+        self.write_json(&value);
+    }
+
     fn handle(&mut self, event: RunEvent) {
+        if self.config.format == OutputFormat::Json {
+            self.handle_json(&event);
+        }
         match event {
             RunEvent::Started { .. } => {
                 self.running += 1;
@@ -176,6 +213,8 @@ impl Printer {
                 tracing::debug!("{}: submitted job {job_id}", self.name(host));
             }
             RunEvent::Output { host, stream, data } => self.output(host, stream, &data),
+            RunEvent::Notice { .. } | RunEvent::Message { .. }
+                if self.config.format == OutputFormat::Json => {}
             RunEvent::Notice { host, message } => {
                 let line = format!("quickcmd: {}: {message}\n", self.name(host));
                 self.write_out(|| {
@@ -265,12 +304,7 @@ impl Printer {
         self.update_bar();
         match self.config.format {
             OutputFormat::Json => {
-                let line = serde_json::to_string(&report).unwrap_or_default();
-                self.write_out(|| {
-                    let mut stdout = std::io::stdout().lock();
-                    let _ = writeln!(stdout, "{line}");
-                    let _ = stdout.flush();
-                });
+                self.write_json(&host_event(self.config.run_id.as_deref(), &report));
             }
             OutputFormat::Text if !self.config.multi => {
                 if report.status == HostStatus::Submitted {

@@ -187,19 +187,11 @@ mod tests {
         reason: Option<&str>,
     ) -> HostReport {
         HostReport {
-            agent: agent.into(),
-            url: format!("https://{agent}:1/"),
             job_id: Some("j".into()),
-            status,
             exit_code: exit,
             duration_ms: exit.map(|_| 1500),
             reason: reason.map(str::to_string),
-            error: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            stream_reconnects: 0,
+            ..HostReport::empty(agent, &format!("https://{agent}:1/"), status)
         }
     }
 

@@ -9,7 +9,10 @@ use crate::config::{parse_agent_url, ConfigError, ControllerConfig, InventoryAge
 use crate::secret::{SecretError, SECRET_ENV};
 use crate::tls::TlsError;
 
+mod pattern;
 mod resolve;
+
+pub use pattern::{did_you_mean, is_pattern, HostPattern, LabelSelector};
 
 pub use resolve::{
     build_clients, controller_id_for, resolve_endpoints, secret_source, trust_source, SecretSource,
@@ -27,11 +30,26 @@ pub struct TargetSelection {
     pub labels: Vec<String>,
     /// Every inventory agent (still narrowed by `groups` and `labels`).
     pub all: bool,
+    /// Names or patterns taken out of the selection (`--exclude`, or `-a '!PATTERN'`).
+    pub exclude: Vec<String>,
 }
 
 impl TargetSelection {
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty() && self.groups.is_empty() && self.labels.is_empty() && !self.all
+        self.agents.iter().all(|a| a.starts_with('!'))
+            && self.groups.is_empty()
+            && self.labels.is_empty()
+            && !self.all
+    }
+
+    /// Whether exactly one host is named, by name or URL: the only selection that gives
+    /// bare, ssh-like output.
+    pub fn names_one_host(&self) -> bool {
+        matches!(self.agents.as_slice(), [one] if !one.starts_with('!') && !is_pattern(one))
+            && self.groups.is_empty()
+            && self.labels.is_empty()
+            && !self.all
+            && self.exclude.is_empty()
     }
 }
 
@@ -47,12 +65,27 @@ pub struct Overrides {
 /// Why targets could not be resolved; all are usage or config errors.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("no target: give --agent URL|NAME, --group, --label or --all")]
+    #[error("no target: give --agent URL|NAME|PATTERN, --group, --label or --all (an exclusion alone selects nothing)")]
     NoTargets,
-    #[error("unknown agent `{name}`: it is not a URL and not in the inventory ({source_desc})")]
-    UnknownAgent { name: String, source_desc: String },
-    #[error("label `{0}` must look like key=value")]
+    #[error(
+        "unknown agent `{name}`: it is not a URL and not in the inventory ({source_desc}){hint}"
+    )]
+    UnknownAgent {
+        name: String,
+        source_desc: String,
+        /// `; did you mean …?`, or empty.
+        hint: String,
+    },
+    #[error("unknown group `{name}` ({source_desc}){hint}")]
+    UnknownGroup {
+        name: String,
+        source_desc: String,
+        hint: String,
+    },
+    #[error("{0}")]
     BadLabel(String),
+    #[error("{0}")]
+    BadPattern(String),
     #[error("no inventory agent matches {what} ({source_desc})")]
     NoMatch { what: String, source_desc: String },
     #[error("no controller_id for agent `{agent}`: set controller_id in the config or pass --controller-id")]
@@ -69,14 +102,33 @@ pub enum TargetError {
     Client(#[from] ClientError),
 }
 
+/// `; did you mean `a` or `b`?` for `given` among `known`, or empty.
+fn hint<'a>(given: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    let close = did_you_mean(given, known);
+    if close.is_empty() {
+        return String::new();
+    }
+    let quoted: Vec<String> = close.iter().map(|n| format!("`{n}`")).collect();
+    format!("; did you mean {}?", quoted.join(" or "))
+}
+
 /// The inventory agents (or ad-hoc URLs) that `selection` names, in order, without
-/// duplicates. Does not read secrets.
+/// duplicates, less the exclusions. Does not read secrets.
 pub fn select_agents(
     config: &ControllerConfig,
     selection: &TargetSelection,
 ) -> Result<Vec<InventoryAgent>, TargetError> {
     if selection.is_empty() {
         return Err(TargetError::NoTargets);
+    }
+    let mut excluded = Vec::new();
+    for text in selection
+        .exclude
+        .iter()
+        .map(String::as_str)
+        .chain(selection.agents.iter().filter_map(|a| a.strip_prefix('!')))
+    {
+        excluded.push(HostPattern::parse(text).map_err(TargetError::BadPattern)?);
     }
     let mut chosen: Vec<InventoryAgent> = Vec::new();
     let mut push = |agent: InventoryAgent| {
@@ -87,7 +139,8 @@ pub fn select_agents(
             chosen.push(agent);
         }
     };
-    for given in &selection.agents {
+    let names = || config.agents.iter().map(|a| a.name.as_str());
+    for given in selection.agents.iter().filter(|a| !a.starts_with('!')) {
         if let Some(agent) = config.agent(given) {
             push(agent.clone());
         } else if given.contains("://") {
@@ -107,21 +160,47 @@ pub fn select_agents(
                     controller_id: None,
                 }),
             }
+        } else if is_pattern(given) {
+            let pattern = HostPattern::parse(given).map_err(TargetError::BadPattern)?;
+            let matching: Vec<&InventoryAgent> = config
+                .agents
+                .iter()
+                .filter(|a| pattern.matches(&a.name))
+                .collect();
+            if matching.is_empty() {
+                return Err(TargetError::NoMatch {
+                    what: format!("--agent {given}"),
+                    source_desc: config.describe_source(),
+                });
+            }
+            matching.into_iter().cloned().for_each(&mut push);
         } else {
             return Err(TargetError::UnknownAgent {
                 name: given.clone(),
                 source_desc: config.describe_source(),
+                hint: hint(given, names()),
+            });
+        }
+    }
+    for group in &selection.groups {
+        if !config.agents.iter().any(|a| a.groups.contains(group)) {
+            let groups: std::collections::BTreeSet<&str> = config
+                .agents
+                .iter()
+                .flat_map(|a| a.groups.iter().map(String::as_str))
+                .collect();
+            return Err(TargetError::UnknownGroup {
+                name: group.clone(),
+                source_desc: config.describe_source(),
+                hint: hint(group, groups),
             });
         }
     }
     if selection.all || !selection.groups.is_empty() || !selection.labels.is_empty() {
-        let labels = selection
+        let selectors = selection
             .labels
             .iter()
-            .map(|label| match label.split_once('=') {
-                Some((key, value)) if !key.is_empty() => Ok((key, value)),
-                _ => Err(TargetError::BadLabel(label.clone())),
-            })
+            .map(|label| LabelSelector::parse(label).map_err(TargetError::BadLabel))
             .collect::<Result<Vec<_>, _>>()?;
         let matching: Vec<&InventoryAgent> = config
             .agents
@@ -130,11 +209,7 @@ pub fn select_agents(
                 selection.groups.is_empty()
                     || agent.groups.iter().any(|g| selection.groups.contains(g))
             })
-            .filter(|agent| {
-                labels
-                    .iter()
-                    .all(|(key, value)| agent.labels.get(*key).map(String::as_str) == Some(*value))
-            })
+            .filter(|agent| selectors.iter().all(|s| s.matches(&agent.labels)))
             .collect();
         if matching.is_empty() {
             let mut what = Vec::new();
@@ -151,6 +226,13 @@ pub fn select_agents(
         for agent in matching {
             push(agent.clone());
         }
+    }
+    chosen.retain(|agent| !excluded.iter().any(|p| p.matches(&agent.name)));
+    if chosen.is_empty() {
+        return Err(TargetError::NoMatch {
+            what: "the selection once the exclusions are taken out".into(),
+            source_desc: config.describe_source(),
+        });
     }
     Ok(chosen)
 }
@@ -198,6 +280,7 @@ mod tests {
             groups: groups.iter().map(|s| s.to_string()).collect(),
             labels: labels.iter().map(|s| s.to_string()).collect(),
             all,
+            exclude: Vec::new(),
         };
         check(sel(&["db-1"], &[], &[], false), &["db-1"]);
         check(sel(&[], &["web"], &[], false), &["web-1", "web-2"]);
@@ -215,6 +298,24 @@ mod tests {
             &["web-2", "127.0.0.1:9"],
         );
         check(sel(&["web-1", "web-1"], &[], &[], false), &["web-1"]);
+        check(sel(&["web-*"], &[], &[], false), &["web-1", "web-2"]);
+        check(
+            sel(&["web-[2-3]", "db-1"], &[], &[], false),
+            &["web-2", "db-1"],
+        );
+        check(sel(&["!web-2"], &[], &[], true), &["web-1", "db-1"]);
+        check(
+            sel(&[], &[], &["env=prod,role!=db"], false),
+            &["web-1", "db-1"],
+        );
+        check(sel(&[], &[], &["env!=prod"], false), &["web-2"]);
+        check(
+            TargetSelection {
+                exclude: vec!["*-1".into()],
+                ..sel(&[], &["web", "db"], &[], false)
+            },
+            &["web-2"],
+        );
     }
 
     #[test]
@@ -232,8 +333,44 @@ mod tests {
             select_agents(&config, &unknown),
             Err(TargetError::UnknownAgent { .. })
         ));
+        let unknown = select_agents(
+            &config,
+            &TargetSelection {
+                agents: vec!["web1".into()],
+                ..TargetSelection::default()
+            },
+        )
+        .expect_err("unknown");
+        assert!(
+            unknown
+                .to_string()
+                .contains("did you mean `web-1` or `web-2`?"),
+            "{unknown}"
+        );
+        let group = select_agents(
+            &config,
+            &TargetSelection {
+                groups: vec!["wbe".into()],
+                ..TargetSelection::default()
+            },
+        )
+        .expect_err("unknown group");
+        assert!(group.to_string().contains("`web`?"), "{group}");
+        for only_exclusions in [vec!["!web-1".to_string()], vec![]] {
+            assert!(matches!(
+                select_agents(
+                    &config,
+                    &TargetSelection {
+                        agents: only_exclusions,
+                        exclude: vec!["db-1".into()],
+                        ..TargetSelection::default()
+                    }
+                ),
+                Err(TargetError::NoTargets)
+            ));
+        }
         let bad_label = TargetSelection {
-            labels: vec!["novalue".into()],
+            labels: vec!["=novalue".into()],
             ..TargetSelection::default()
         };
         assert!(matches!(
@@ -241,7 +378,7 @@ mod tests {
             Err(TargetError::BadLabel(_))
         ));
         let no_match = TargetSelection {
-            groups: vec!["cache".into()],
+            agents: vec!["cache-*".into()],
             ..TargetSelection::default()
         };
         assert!(matches!(
