@@ -576,7 +576,10 @@ fn sizes_and_durations_take_units() {
         "--",
         "tail /dev/zero",
     ]);
-    let object = &json_lines(&oom)[0];
+    let object = json_lines(&oom)
+        .into_iter()
+        .find(|o| o["event"] == "host")
+        .expect("host event");
     assert_eq!(object["reason"], "oom", "{}", show(&oom));
     assert_eq!(object["exit_code"], 137, "{}", show(&oom));
     let fits = controller.run(&[

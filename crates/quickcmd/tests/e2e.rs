@@ -13,6 +13,15 @@ use quickcmd_testkit::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// The `host` events of a JSON run (one per host; the other events and the summary are
+/// tested in tests/runs.rs).
+fn host_events(output: &std::process::Output) -> Vec<serde_json::Value> {
+    json_lines(output)
+        .into_iter()
+        .filter(|o| o["event"] == "host")
+        .collect()
+}
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
@@ -160,7 +169,7 @@ fn fan_out_reports_a_stopped_agent_as_unreachable() {
 
     let json = controller.run(&["run", "--all", "--output", "json", "--", "echo hi"]);
     assert_eq!(json.status.code(), Some(255), "{}", show(&json));
-    let mut objects = json_lines(&json);
+    let mut objects = host_events(&json);
     objects.sort_by_key(|o| o["agent"].as_str().map(str::to_string));
     let statuses: Vec<(&str, &str)> = objects
         .iter()
@@ -233,7 +242,7 @@ fn max_errors_zero_starts_no_host_after_a_failure() {
         "echo should not run",
     ]);
     assert_eq!(output.status.code(), Some(255), "{}", show(&output));
-    let objects = json_lines(&output);
+    let objects = host_events(&output);
     let status_of = |name: &str| {
         objects
             .iter()
@@ -350,7 +359,7 @@ fn a_wrong_secret_is_reported_as_such() {
     assert!(text(&output.stdout).is_empty());
 
     let json = controller.run(&["run", "--agent", "strict", "--output", "json", "--", "true"]);
-    let objects = json_lines(&json);
+    let objects = host_events(&json);
     assert_eq!(objects.len(), 1);
     assert_eq!(objects[0]["status"], "refused");
     assert_eq!(objects[0]["reason"], "401 INVALID_SIGNATURE");
@@ -525,8 +534,8 @@ fn history_rows_match_what_ran() {
     assert_eq!(first.status.code(), Some(0), "{}", show(&first));
     let second = controller.run(&["run", "--agent", "hist", "--output", "json", "--", "exit 3"]);
     assert_eq!(second.status.code(), Some(3), "{}", show(&second));
-    let first = &json_lines(&first)[0];
-    let second = &json_lines(&second)[0];
+    let first = &host_events(&first)[0];
+    let second = &host_events(&second)[0];
 
     let history = controller.run(&["history", "--output", "json"]);
     assert_eq!(history.status.code(), Some(0), "{}", show(&history));
@@ -607,7 +616,7 @@ fn submit_status_logs_and_cancel() {
         "echo one; sleep 1; echo two",
     ]);
     assert_eq!(submitted.status.code(), Some(0), "{}", show(&submitted));
-    let object = &json_lines(&submitted)[0];
+    let object = &host_events(&submitted)[0];
     assert_eq!(object["status"], "submitted");
     let job = object["job_id"].as_str().expect("job id").to_string();
 
@@ -679,8 +688,11 @@ fn json_output_is_one_object_per_host() {
         "echo '{\"x\": 1}'; echo e >&2; exit 2",
     ]);
     assert_eq!(output.status.code(), Some(1), "{}", show(&output));
-    let objects = json_lines(&output);
+    let objects = host_events(&output);
     assert_eq!(objects.len(), 2);
+    let summary = json_lines(&output).pop().expect("summary");
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(summary["failed"], 2);
     for object in &objects {
         for key in [
             "agent",

@@ -215,6 +215,7 @@ fn record(
         stdout,
         stderr,
         final_frame,
+        complete,
         ..
     } = streamed;
     match (&result, &final_frame) {
@@ -224,8 +225,10 @@ fn record(
             report.duration_ms = Some(result.duration_ms);
             report.reason = result.reason.clone();
             report.error = result.error.clone();
-            report.stdout_truncated = result.stdout_truncated || stdout.truncated;
-            report.stderr_truncated = result.stderr_truncated || stderr.truncated;
+            // A complete stream carried every byte, also those the agent did not keep;
+            // otherwise the text is the agent's stored copy, cut where it cut it.
+            report.stdout_truncated = stdout.truncated || (!complete && result.stdout_truncated);
+            report.stderr_truncated = stderr.truncated || (!complete && result.stderr_truncated);
         }
         (None, Some(frame)) => {
             report.status = frame.status.map_or(HostStatus::Error, HostStatus::from);
