@@ -5,6 +5,7 @@
 
 mod args;
 mod config;
+mod history;
 mod inventory;
 mod jobs;
 mod misc;
@@ -148,9 +149,9 @@ pub fn execute(cli: Cli) -> CliResult {
             no_refresh,
         } => {
             let context = Context::load(global)?;
-            runs::history(
+            history::history(
                 &context,
-                runs::HistoryQuery {
+                history::HistoryQuery {
                     limit,
                     agent,
                     status,

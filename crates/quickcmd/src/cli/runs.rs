@@ -1,4 +1,4 @@
-//! Runs as objects: `history` (refreshing rows whose job had not ended), `wait JOB|RUN`,
+//! Runs as objects: refreshing history rows whose job had not ended, `wait JOB|RUN`,
 //! `cancel --run RUN` and `rerun --failed RUN`. Every job row names its run; the run's own
 //! row (`invocations`) holds the job as asked and every host it targeted.
 
@@ -15,10 +15,7 @@ use super::{failed, usage, CliResult, Context, Failure, EXIT_INTERRUPTED, EXIT_N
 use crate::client::{Client, ClientError, RetryPolicy};
 use crate::fanout::{MaxErrors, RunOptions};
 use crate::history::{History, HistoryFilter, HistoryRow, Invocation, InvocationTarget};
-use crate::output::{
-    errln, format_duration_ms, host_event, out, outln, short_time, summary_counts, summary_json,
-    summary_table, table, truncate,
-};
+use crate::output::{errln, host_event, out, outln, summary_counts, summary_json, summary_table};
 use crate::report::{HostReport, HostStatus, Tally};
 use crate::target::TargetSelection;
 
@@ -125,95 +122,12 @@ pub(super) fn refresh_open_rows(context: &Context, history: &History, rows: &[Hi
     }
 }
 
-pub(super) struct HistoryQuery {
-    pub limit: u32,
-    pub agent: Option<String>,
-    pub status: Option<String>,
-    pub job_id: Option<String>,
-    pub run_id: Option<String>,
-    pub refresh: bool,
-}
-
-pub(super) fn history(context: &Context, query: HistoryQuery) -> CliResult {
-    let path = context.history_path()?;
-    let history = context
-        .runtime
-        .block_on(History::open(&path))
-        .map_err(failed)?;
-    let run_id = match &query.run_id {
-        Some(run) => Some(find_run(context, &history, run)?.run_id),
-        None => None,
-    };
-    let filter = HistoryFilter {
-        limit: query.limit,
-        agent: query.agent,
-        status: query.status,
-        job_id: query.job_id,
-        run_id,
-    };
-    let read = |filter: HistoryFilter| {
-        context
-            .runtime
-            .block_on(history.query(filter))
-            .map_err(failed)
-    };
-    let mut rows = read(filter.clone())?;
-    if query.refresh && rows.iter().any(HistoryRow::is_open) {
-        refresh_open_rows(context, &history, &rows);
-        rows = read(filter)?;
-    }
-    if context.json() {
-        for row in &rows {
-            outln!("{}", serde_json::to_string(row).unwrap_or_default());
-        }
-        return Ok(0);
-    }
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|row| {
-            vec![
-                short_time(&row.submitted_at),
-                row.run_id
-                    .as_deref()
-                    .map(|r| truncate(r, 13))
-                    .unwrap_or_else(|| "-".into()),
-                row.agent.clone(),
-                row.job_id.clone(),
-                row.user.clone(),
-                row.status.clone(),
-                row.exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                row.duration_ms
-                    .map(format_duration_ms)
-                    .unwrap_or_else(|| "-".into()),
-                truncate(&row.command, 60),
-            ]
-        })
-        .collect();
-    out!(
-        "{}",
-        table(
-            &[
-                "SUBMITTED (UTC)",
-                "RUN",
-                "AGENT",
-                "JOB",
-                "USER",
-                "STATUS",
-                "EXIT",
-                "DURATION",
-                "COMMAND"
-            ],
-            &cells,
-            None
-        )
-    );
-    Ok(0)
-}
-
 /// The run `id` (or `last`), or a usage error naming the history file.
-fn find_run(context: &Context, history: &History, id: &str) -> Result<Invocation, Failure> {
+pub(super) fn find_run(
+    context: &Context,
+    history: &History,
+    id: &str,
+) -> Result<Invocation, Failure> {
     context
         .runtime
         .block_on(history.find_invocation(id))
