@@ -112,6 +112,7 @@ pub(super) async fn stream(
                     &agent,
                     socket,
                     &job_id,
+                    &job.controller_id,
                     since,
                     status,
                     job.exit_code.unwrap_or(-1),
@@ -205,6 +206,7 @@ async fn replay_stored(
     agent: &Agent,
     mut socket: WebSocket,
     job_id: &str,
+    controller_id: &str,
     since: u64,
     status: JobStatus,
     exit_code: i64,
@@ -247,7 +249,10 @@ async fn replay_stored(
         // or ends; the client reconnects with `since`.
         return close(socket, 1013, "job state is changing; reconnect with since").await;
     }
-    let last = final_frame(job_id, last_seq + 1, status, exit_code, ended_ms);
+    let last = LogFrame {
+        audit: agent.job_witness(job_id, controller_id).await,
+        ..final_frame(job_id, last_seq + 1, status, exit_code, ended_ms)
+    };
     if last.seq > since && send_timed(agent, &mut socket, text(&last)).await.is_err() {
         return;
     }
