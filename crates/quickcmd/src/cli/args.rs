@@ -255,6 +255,9 @@ pub enum Command {
         #[arg(long = "job", value_name = "JOB_ID")]
         job_id: Option<String>,
     },
+    /// Check agents' audit logs against the witnesses this controller kept
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -262,6 +265,20 @@ pub enum Command {
     },
     /// Print the man page (roff)
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Fetch each agent's audit chain from the oldest witness to its head and check every
+    /// link and witness. Exit 0 intact, 1 tampered, 255 could not check
+    Verify {
+        /// Only this agent (inventory name or URL, as the history records it)
+        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        agent: Option<String>,
+        /// Every agent this controller holds witnesses of (the default)
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

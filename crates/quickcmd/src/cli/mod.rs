@@ -4,6 +4,7 @@
 //! reader of stdout went away).
 
 mod args;
+mod audit;
 mod config;
 mod jobs;
 mod misc;
@@ -18,7 +19,8 @@ use std::sync::Arc;
 use clap::{CommandFactory, Parser};
 
 pub use args::{
-    AgentCommand, Cli, Command, ConfigCommand, GlobalArgs, JobArgs, RunArgs, SubmitArgs, TargetArgs,
+    AgentCommand, AuditCommand, Cli, Command, ConfigCommand, GlobalArgs, JobArgs, RunArgs,
+    SubmitArgs, TargetArgs,
 };
 
 use crate::client::{Client, ClientOptions, RetryNotice, RetryPolicy};
@@ -164,6 +166,10 @@ pub fn execute(cli: Cli) -> CliResult {
             limit,
         } => jobs::list(Context::load(global)?, targets, status, limit),
         Command::Health { targets } => misc::health(Context::load(global)?, targets),
+        // `--all` is the default; clap refuses it together with `--agent`.
+        Command::Audit(AuditCommand::Verify { agent, all: _ }) => {
+            audit::verify(Context::load(global)?, agent)
+        }
     }
 }
 

@@ -9,10 +9,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 mod sql;
 mod user;
+mod witness;
 
 use serde::Serialize;
 use sql::{open_blocking, row_from_sql, COLUMNS};
 pub use user::local_user;
+pub use witness::StoredWitness;
 
 /// Why the history could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +134,7 @@ pub struct History {
     connection: Arc<Mutex<Connection>>,
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()

@@ -115,5 +115,6 @@ pub(super) fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
         .pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql)?;
     connection.execute_batch(SCHEMA).map_err(sql)?;
+    super::witness::create(&connection).map_err(sql)?;
     Ok(connection)
 }
