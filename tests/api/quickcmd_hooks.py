@@ -15,7 +15,8 @@ checks against docs/openapi.yaml are not only refusals:
   rejected, running) as often as about a generated id.
 
 - versions: whatever docs/openapi.yaml marks `x-quickcmd-since: <v>` for a version listed
-  in QUICKCMD_EXCLUDE_SINCE (operations, parameters, properties) is taken out of the
+  in QUICKCMD_EXCLUDE_SINCE, and not `x-quickcmd-served: true` (what the agent already
+  implements), (operations, parameters, properties) is taken out of the
   description before the run, so that an agent that predates it is held to the API it has.
 
 Run as a script (`python quickcmd_hooks.py seed`) it submits those jobs and waits for them.
@@ -122,8 +123,10 @@ if schemathesis is not None:
     EXCLUDED_REFS: set[str] = set()
 
     def _excluded(node) -> bool:
+        # `x-quickcmd-served: true` marks a later-version part this agent already serves.
         return isinstance(node, dict) and (
-            node.get("x-quickcmd-since") in EXCLUDED_SINCE or node.get("$ref") in EXCLUDED_REFS
+            (node.get("x-quickcmd-since") in EXCLUDED_SINCE and node.get("x-quickcmd-served") is not True)
+            or node.get("$ref") in EXCLUDED_REFS
         )
 
     @schemathesis.hook

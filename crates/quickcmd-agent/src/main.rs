@@ -1,6 +1,6 @@
 //! `quickcmd-agent`: serve (default), `--check-config`, `audit verify`, `audit list`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,7 +38,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditAction {
-    /// Check the whole chain; names the first bad row. Exit 0 intact, 1 broken.
+    /// Check the whole chain offline; names the first bad row and prints the head (seq and
+    /// hash). Exit 0 intact, 1 broken.
     Verify,
     /// Show the most recent rows.
     List {
@@ -115,6 +116,10 @@ fn serve(config: AgentConfig) -> ExitCode {
     }
 }
 
+/// Exit code after the reader of our stdout closed the pipe (`audit list | head`): what a
+/// shell reports for a tool ended by SIGPIPE (128 + 13), as the controller does.
+const EXIT_BROKEN_PIPE: u8 = 141;
+
 fn audit(config: &AgentConfig, action: AuditAction) -> ExitCode {
     let log = match AuditLog::open_read_only(&config.audit_db_path) {
         Ok(log) => log,
@@ -123,63 +128,108 @@ fn audit(config: &AgentConfig, action: AuditAction) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match action {
-        AuditAction::Verify => match log.verify() {
-            Ok(report) => match report.first_bad {
-                None => {
-                    println!(
-                        "audit chain intact: {} rows in {}",
-                        report.rows,
-                        config.audit_db_path.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Some(bad) => {
-                    println!(
-                        "audit chain BROKEN at row {}: {} ({} rows checked)",
-                        bad.id, bad.problem, report.rows
-                    );
-                    ExitCode::FAILURE
-                }
-            },
-            Err(error) => {
-                eprintln!("quickcmd-agent: {error}");
-                ExitCode::FAILURE
-            }
-        },
-        AuditAction::List { limit, json } => match log.list(limit) {
-            Ok(rows) => {
-                for row in rows {
-                    if json {
-                        let line = serde_json::json!({
-                            "id": row.id, "time": quickcmd_agent::clock::rfc3339_ms(row.time_ms),
-                            "kind": row.kind.to_string(), "job_id": row.job_id, "controller_id": row.controller_id,
-                            "remote_addr": row.remote_addr, "accepted": row.accepted, "code": row.code,
-                            "status": row.status, "reason": row.reason, "command": row.command,
-                            "prompt": row.prompt, "exit_code": row.exit_code, "details": row.details,
-                            "prev_hash": row.prev_hash, "row_hash": row.row_hash,
-                        });
-                        println!("{line}");
-                    } else {
-                        println!(
-                            "{:>6} {} {:<12} {:<24} {:<16} {:<10} {:<22} {}",
-                            row.id,
-                            quickcmd_agent::clock::rfc3339_ms(row.time_ms),
-                            row.kind,
-                            row.job_id.as_deref().unwrap_or("-"),
-                            row.controller_id.as_deref().unwrap_or("-"),
-                            row.status.as_deref().unwrap_or("-"),
-                            row.code.as_deref().or(row.reason.as_deref()).unwrap_or("-"),
-                            row.command.as_deref().unwrap_or("")
-                        );
-                    }
-                }
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("quickcmd-agent: {error}");
-                ExitCode::FAILURE
-            }
-        },
+    let result = match action {
+        AuditAction::Verify => audit_verify(&log),
+        AuditAction::List { limit, json } => audit_list(&log, limit, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(AuditCliError::Pipe) => ExitCode::from(EXIT_BROKEN_PIPE),
+        Err(AuditCliError::Stdout(error)) => {
+            eprintln!("quickcmd-agent: cannot write to stdout: {error}");
+            ExitCode::FAILURE
+        }
+        Err(AuditCliError::Log(error)) => {
+            eprintln!("quickcmd-agent: {error}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+enum AuditCliError {
+    /// The reader of stdout went away: end quietly.
+    Pipe,
+    Stdout(std::io::Error),
+    Log(quickcmd_agent::audit::AuditError),
+}
+
+impl From<std::io::Error> for AuditCliError {
+    fn from(error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            AuditCliError::Pipe
+        } else {
+            AuditCliError::Stdout(error)
+        }
+    }
+}
+
+impl From<quickcmd_agent::audit::AuditError> for AuditCliError {
+    fn from(error: quickcmd_agent::audit::AuditError) -> Self {
+        AuditCliError::Log(error)
+    }
+}
+
+/// `audit verify`: the first bad row, or intact; either way the head (seq and hash), so an
+/// operator can record it elsewhere.
+fn audit_verify(log: &AuditLog) -> Result<ExitCode, AuditCliError> {
+    let report = log.verify()?;
+    let mut out = std::io::stdout().lock();
+    let code = match &report.first_bad {
+        None => {
+            writeln!(
+                out,
+                "audit chain intact: {} rows in {}",
+                report.rows,
+                log.path().display()
+            )?;
+            ExitCode::SUCCESS
+        }
+        Some(bad) => {
+            writeln!(
+                out,
+                "audit chain BROKEN at row {}: {} ({} rows checked)",
+                bad.id, bad.problem, report.rows
+            )?;
+            ExitCode::FAILURE
+        }
+    };
+    match &report.head {
+        Some(head) => writeln!(out, "head: seq {} hash {}", head.id, head.row_hash)?,
+        None => writeln!(out, "head: none (the log is empty)")?,
+    }
+    out.flush()?;
+    Ok(code)
+}
+
+/// `audit list`: JSON lines, or a table under a header row.
+fn audit_list(log: &AuditLog, limit: usize, json: bool) -> Result<ExitCode, AuditCliError> {
+    let rows = log.list(limit)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if !json {
+        writeln!(
+            out,
+            "{:>6} {:<24} {:<12} {:<24} {:<16} {:<10} {:<22} COMMAND",
+            "SEQ", "TIME", "KIND", "JOB", "CONTROLLER", "STATUS", "CODE/REASON"
+        )?;
+    }
+    for row in rows {
+        if json {
+            writeln!(out, "{}", row.to_json())?;
+        } else {
+            writeln!(
+                out,
+                "{:>6} {:<24} {:<12} {:<24} {:<16} {:<10} {:<22} {}",
+                row.id,
+                quickcmd_agent::clock::rfc3339_ms(row.time_ms),
+                row.kind,
+                row.job_id.as_deref().unwrap_or("-"),
+                row.controller_id.as_deref().unwrap_or("-"),
+                row.status.as_deref().unwrap_or("-"),
+                row.code.as_deref().or(row.reason.as_deref()).unwrap_or("-"),
+                row.command.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }

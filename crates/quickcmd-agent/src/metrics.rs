@@ -69,6 +69,8 @@ pub(crate) struct Metrics {
     connections_open: AtomicI64,
     connections_refused: AtomicU64,
     health_checks: AtomicU64,
+    /// The audit log's newest row id, set before each scrape.
+    audit_head_seq: AtomicI64,
     /// Connections closed by a timeout: header, body, idle; and WebSocket sends.
     timeouts: Mutex<BTreeMap<&'static str, u64>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
@@ -89,6 +91,7 @@ impl Default for Metrics {
             connections_open: AtomicI64::new(0),
             connections_refused: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
+            audit_head_seq: AtomicI64::new(0),
             timeouts: Mutex::new(BTreeMap::new()),
             rejections: Mutex::new(BTreeMap::new()),
             job_duration: Histogram::new(&DURATION_BUCKETS),
@@ -150,6 +153,9 @@ impl Metrics {
         *map.entry(reason).or_insert(0) += 1;
     }
     /// `/health` ran its checks (not answered from the cache).
+    pub(crate) fn set_audit_head_seq(&self, seq: i64) {
+        self.audit_head_seq.store(seq, Ordering::Relaxed);
+    }
     pub(crate) fn health_checked(&self) {
         self.health_checks.fetch_add(1, Ordering::Relaxed);
     }
@@ -220,6 +226,12 @@ impl Metrics {
                 "counter",
                 "Docker and database checks run for /health (answers in between are cached)",
                 self.health_checks.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "quickcmd_agent_audit_head_seq",
+                "gauge",
+                "Seq of the newest audit row (the chain head; compare with controllers' witnesses)",
+                self.audit_head_seq.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, value) in simple {

@@ -4,9 +4,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use quickcmd_protocol::AuditWitness;
 use quickcmd_sandbox::DockerSandbox;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, ChainHead};
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
 use crate::queue::JobQueue;
@@ -58,5 +59,37 @@ impl Agent {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The witness of audit row `head` for the controller that submitted the job
+    /// (protocol-v1 §5): MACed with that controller's secret, so it knows this agent said
+    /// it. `None` when the controller is no longer in the config.
+    pub(crate) fn witness(&self, controller_id: &str, head: &ChainHead) -> Option<AuditWitness> {
+        let config = self.config();
+        let grant = config.controller(controller_id)?;
+        let seq = u64::try_from(head.id).ok()?;
+        Some(AuditWitness::new(
+            grant.secret.as_bytes(),
+            &config.agent_id,
+            seq,
+            &head.row_hash,
+        ))
+    }
+
+    /// The witness of a finished job: its newest `result` row. `None` (and a log line)
+    /// when the row cannot be read; a result without a witness is still a result.
+    pub(crate) async fn job_witness(
+        &self,
+        job_id: &str,
+        controller_id: &str,
+    ) -> Option<AuditWitness> {
+        match self.audit.result_row(job_id.to_string()).await {
+            Ok(Some(head)) => self.witness(controller_id, &head),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::error!(job_id, %error, "could not read the result's audit row");
+                None
+            }
+        }
     }
 }

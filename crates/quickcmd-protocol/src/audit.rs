@@ -1,17 +1,43 @@
 //! Witnessed audit (protocol-v1 §5): the MAC by which an agent vouches for the audit row
 //! that recorded a job's result, and the chain segment a controller reads to check it.
 //!
-//! The agent owns the chain itself (how `row_hash` and `digest` are computed); this module
-//! owns what travels: the witness and its MAC, the segment's shape, its size limit, and the
-//! link checks any holder of a segment can run without a secret.
+//! The agent owns the content of a row (what `digest` covers); this module owns what
+//! travels: the witness and its MAC, the segment's shape, its size limit, and the link
+//! checks any holder of a segment can run without a secret.
+//!
+//! Chain versions, recorded per row:
+//! ```text
+//! v2: row_hash = hex(SHA-256("v2\n" prev_hash "\n" digest))   prev_hash, digest: lowercase hex
+//! v1: row_hash = hex(SHA-256(prev_hash "\n" content))          (rows written before v1.1)
+//! ```
+//! A v2 link can be checked from `(prev_hash, digest, row_hash)` alone; a v1 row's hash
+//! needs its whole content, so a segment holder checks only that its `prev_hash` is the
+//! previous row's `row_hash`. Versions never go down along a chain.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::sign;
 
 /// The first line of every witness message, so a witness MAC can never be mistaken for a
 /// payload or read-auth signature made with the same secret.
 pub const WITNESS_CONTEXT: &str = "quickcmd-audit-witness";
+
+/// The chain version whose links are checkable from the digest (see the module docs).
+pub const CHAIN_VERSION_DIGEST: u8 = 2;
+
+/// The chain version of rows written before v1.1: the hash covers the content itself.
+pub const CHAIN_VERSION_CONTENT: u8 = 1;
+
+/// `row_hash` of a v2 row: lowercase hex SHA-256(`v2\n<prev_hash>\n<digest>`).
+pub fn chain_link_hash(prev_hash: &str, digest: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"v2\n");
+    hasher.update(prev_hash.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(digest.as_bytes());
+    hex::encode(hasher.finalize())
+}
 
 /// Most rows one `GET /api/v1/audit/chain` answers.
 pub const MAX_CHAIN_ROWS: u64 = 10_000;
@@ -76,8 +102,10 @@ pub struct ChainRow {
     /// The previous row's `row_hash` (64 zeros before the first row), lowercase hex.
     pub prev_hash: String,
     pub row_hash: String,
-    /// A digest of the row's content, lowercase hex.
+    /// SHA-256 of the row's content, lowercase hex: what a v2 `row_hash` links.
     pub digest: String,
+    /// The row's chain version: 2 ([`CHAIN_VERSION_DIGEST`]) or 1 ([`CHAIN_VERSION_CONTENT`]).
+    pub version: u8,
     /// The full audit row, present only where it concerns the caller's own jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row: Option<serde_json::Value>,
@@ -94,6 +122,12 @@ pub enum ChainError {
     NotContiguous { previous: u64, seq: u64 },
     #[error("audit row {seq}: prev_hash is not the previous row's row_hash")]
     BrokenLink { seq: u64 },
+    #[error("audit row {seq}: row_hash is not the hash of its prev_hash and digest")]
+    BadRowHash { seq: u64 },
+    #[error("audit row {seq}: chain version {version} is not one this controller knows")]
+    UnknownVersion { seq: u64, version: u8 },
+    #[error("audit row {seq}: version 1 row after a version 2 row (versions never go down)")]
+    VersionDowngrade { seq: u64 },
     #[error("audit row {seq} is not in the segment")]
     MissingRow { seq: u64 },
     #[error("audit row {seq}: row_hash is not the witnessed head")]
@@ -113,10 +147,29 @@ pub fn chain_range(from: u64, to: u64) -> Result<u64, ChainError> {
 }
 
 impl AuditChain {
-    /// Checks that the rows are consecutive and that each row's `prev_hash` is the previous
-    /// row's `row_hash`. Whether `row_hash` matches each row's content is the chain owner's
-    /// definition, not checked here.
+    /// Checks that the rows are consecutive, that each row's `prev_hash` is the previous
+    /// row's `row_hash`, that each v2 row's `row_hash` is [`chain_link_hash`] of its
+    /// `prev_hash` and `digest`, and that versions never go down. A v1 row's `row_hash`
+    /// covers its content, which the segment does not carry: only its links are checked.
     pub fn check_links(&self) -> Result<(), ChainError> {
+        for row in &self.rows {
+            match row.version {
+                CHAIN_VERSION_DIGEST => {
+                    if !chain_link_hash(&row.prev_hash, &row.digest)
+                        .eq_ignore_ascii_case(&row.row_hash)
+                    {
+                        return Err(ChainError::BadRowHash { seq: row.seq });
+                    }
+                }
+                CHAIN_VERSION_CONTENT => {}
+                version => {
+                    return Err(ChainError::UnknownVersion {
+                        seq: row.seq,
+                        version,
+                    })
+                }
+            }
+        }
         for pair in self.rows.windows(2) {
             let (previous, row) = (&pair[0], &pair[1]);
             if previous.seq.checked_add(1) != Some(row.seq) {
@@ -127,6 +180,9 @@ impl AuditChain {
             }
             if row.prev_hash != previous.row_hash {
                 return Err(ChainError::BrokenLink { seq: row.seq });
+            }
+            if row.version < previous.version {
+                return Err(ChainError::VersionDowngrade { seq: row.seq });
             }
         }
         Ok(())
@@ -252,15 +308,16 @@ mod tests {
         let mut prev = "0".repeat(64);
         let rows = (first..first + count)
             .map(|seq| {
-                let row_hash = format!("{seq:064x}");
-                let row = ChainRow {
+                let digest = format!("{:064x}", seq * 7);
+                let row_hash = chain_link_hash(&prev, &digest);
+                ChainRow {
                     seq,
                     prev_hash: std::mem::replace(&mut prev, row_hash.clone()),
                     row_hash,
-                    digest: format!("{:064x}", seq * 7),
+                    digest,
+                    version: CHAIN_VERSION_DIGEST,
                     row: (seq % 2 == 0).then(|| serde_json::json!({"job_id": format!("j{seq}")})),
-                };
-                row
+                }
             })
             .collect();
         AuditChain {
@@ -282,7 +339,7 @@ mod tests {
     fn chain_links_and_witness() {
         let chain = segment(5, 10);
         assert_eq!(chain.check_links(), Ok(()));
-        let witness = AuditWitness::new(b"s", "agent-7", 9, &format!("{:064x}", 9));
+        let witness = AuditWitness::new(b"s", "agent-7", 9, &chain.rows[4].row_hash);
         assert_eq!(chain.check_witness(&witness), Ok(()));
 
         let mut gap = chain.clone();
@@ -296,19 +353,26 @@ mod tests {
         );
         let mut edited = chain.clone();
         edited.rows[4].row_hash = "f".repeat(64);
-        assert_eq!(
-            edited.check_links(),
-            Err(ChainError::BrokenLink { seq: 10 })
-        );
+        assert_eq!(edited.check_links(), Err(ChainError::BadRowHash { seq: 9 }));
         let mut truncated = chain.clone();
         truncated.rows.truncate(3);
         assert_eq!(
             truncated.check_witness(&witness),
             Err(ChainError::MissingRow { seq: 9 })
         );
-        let mut rewritten = chain;
-        rewritten.rows[4].row_hash = "e".repeat(64);
-        rewritten.rows[5].prev_hash = "e".repeat(64);
+        // Row 7 rewritten with every later hash recomputed: the links hold, the witnessed
+        // hash does not.
+        let mut rewritten = chain.clone();
+        let mut prev = rewritten.rows[1].row_hash.clone();
+        for row in &mut rewritten.rows[2..] {
+            if row.seq == 7 {
+                row.digest = "d".repeat(64);
+            }
+            row.prev_hash = prev.clone();
+            row.row_hash = chain_link_hash(&prev, &row.digest);
+            prev = row.row_hash.clone();
+        }
+        assert_eq!(rewritten.check_links(), Ok(()));
         assert_eq!(
             rewritten.check_witness(&witness),
             Err(ChainError::HeadMismatch { seq: 9 })
@@ -330,6 +394,64 @@ mod tests {
             wrapped.check_links(),
             Err(ChainError::NotContiguous { .. })
         ));
+    }
+
+    /// Attack: the content of a row changed, so an honest agent serves a new digest; the
+    /// stored hashes no longer link to it.
+    #[test]
+    fn tampered_digest_breaks_the_link() {
+        let mut chain = segment(1, 4);
+        chain.rows[2].digest = chain.rows[2].digest.replace('0', "1");
+        assert_eq!(chain.check_links(), Err(ChainError::BadRowHash { seq: 3 }));
+        let mut relinked = segment(1, 4);
+        relinked.rows[2].prev_hash = "e".repeat(64);
+        assert_eq!(
+            relinked.check_links(),
+            Err(ChainError::BadRowHash { seq: 3 })
+        );
+    }
+
+    #[test]
+    fn link_hash_known_answer() {
+        // Python: hashlib.sha256(b"v2\n" + b"0" * 64 + b"\n" + b"1" * 64).hexdigest()
+        assert_eq!(
+            chain_link_hash(&"0".repeat(64), &"1".repeat(64)),
+            "3ab7d3d3ccacdabd1f91199f14c90a05b5c94c0dfa3cb1107cb8b9d03b324cb4"
+        );
+    }
+
+    #[test]
+    fn mixed_versions() {
+        let mut chain = segment(3, 3);
+        // Two v1 rows before: only their links are checked, so any row_hash will do.
+        let v1 = |seq: u64, prev: &str, hash: &str| ChainRow {
+            seq,
+            prev_hash: prev.to_string(),
+            row_hash: hash.to_string(),
+            digest: "a".repeat(64),
+            version: CHAIN_VERSION_CONTENT,
+            row: None,
+        };
+        let first = v1(1, &"0".repeat(64), &"1".repeat(64));
+        let second = v1(2, &"1".repeat(64), &"0".repeat(64));
+        chain.rows.insert(0, second);
+        chain.rows.insert(0, first);
+        assert_eq!(chain.check_links(), Ok(()));
+        let mut broken = chain.clone();
+        broken.rows[1].prev_hash = "2".repeat(64);
+        assert_eq!(broken.check_links(), Err(ChainError::BrokenLink { seq: 2 }));
+        let mut downgraded = chain.clone();
+        downgraded.rows[3].version = CHAIN_VERSION_CONTENT;
+        assert_eq!(
+            downgraded.check_links(),
+            Err(ChainError::VersionDowngrade { seq: 4 })
+        );
+        let mut unknown = chain;
+        unknown.rows[2].version = 3;
+        assert_eq!(
+            unknown.check_links(),
+            Err(ChainError::UnknownVersion { seq: 3, version: 3 })
+        );
     }
 
     #[test]

@@ -22,8 +22,9 @@ mod sign;
 mod types;
 
 pub use audit::{
-    chain_range, verify_witness, witness_mac, AuditChain, AuditWitness, ChainError, ChainRow,
-    MAX_CHAIN_ROWS, WITNESS_CONTEXT,
+    chain_link_hash, chain_range, verify_witness, witness_mac, AuditChain, AuditWitness,
+    ChainError, ChainRow, CHAIN_VERSION_CONTENT, CHAIN_VERSION_DIGEST, MAX_CHAIN_ROWS,
+    WITNESS_CONTEXT,
 };
 pub use encoding::{DecodeError, Encoding, EncodingError};
 pub use error::{ErrorBody, ErrorCode};

@@ -91,6 +91,7 @@ async fn run_checks(agent: &Agent) -> Checked {
 }
 
 pub(super) async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    agent.metrics.set_audit_head_seq(agent.audit.head_seq());
     (
         [(
             header::CONTENT_TYPE,

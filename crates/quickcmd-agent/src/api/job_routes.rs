@@ -99,7 +99,7 @@ async fn result_of(agent: &Agent, job: &JobRecord) -> Result<JobResult, ApiError
         stderr_bytes: job.stderr_bytes.max(0) as u64,
         stdout_sha256: job.stdout_sha256.clone().unwrap_or_default(),
         stderr_sha256: job.stderr_sha256.clone().unwrap_or_default(),
-        audit: None,
+        audit: agent.job_witness(&job.job_id, &job.controller_id).await,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The HTTPS API of protocol-v1: one file per resource, one error type for all of them.
 
+mod audit_chain;
 mod auth;
 mod health;
 mod job_routes;
@@ -30,6 +31,7 @@ fn routes(health_cache: Arc<health::HealthCache>) -> Vec<(&'static str, MethodRo
             get(job_routes::get).delete(job_routes::cancel),
         ),
         ("/api/v1/stream/{id}", get(stream::stream)),
+        ("/api/v1/audit/chain", get(audit_chain::chain)),
         ("/api/v1/openapi.json", get(openapi::openapi)),
         (
             "/health",

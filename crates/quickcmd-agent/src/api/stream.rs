@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::response::Response;
 use futures_util::{Sink, SinkExt, StreamExt};
-use quickcmd_protocol::{ErrorCode, JobStatus, LogFrame, StreamName};
+use quickcmd_protocol::{ErrorCode, LogFrame, StreamName};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::{authenticate, Reader};
@@ -17,6 +17,7 @@ use super::job_routes::visible_job;
 use super::ApiError;
 use crate::queue::LiveJob;
 use crate::state::Agent;
+use crate::store::JobRecord;
 use crate::stream::final_frame;
 
 /// Close code for a subscriber that fell too far behind or stopped reading (policy
@@ -98,7 +99,6 @@ pub(super) async fn stream(
     };
     let job = visible_job(&agent, &reader, &job_id).await?;
     let live = agent.jobs.live(&job_id);
-    let status: JobStatus = job.status;
     let upgrade = upgrade
         .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
         .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
@@ -107,18 +107,7 @@ pub(super) async fn stream(
         agent.metrics.subscriber_joined();
         match live {
             Some(live) => follow_live(&agent, socket, live, since).await,
-            None => {
-                replay_stored(
-                    &agent,
-                    socket,
-                    &job_id,
-                    since,
-                    status,
-                    job.exit_code.unwrap_or(-1),
-                    job.ended_at_ms.unwrap_or_else(crate::clock::now_ms),
-                )
-                .await
-            }
+            None => replay_stored(&agent, socket, &job, since).await,
         }
         agent.metrics.subscriber_left();
     }))
@@ -201,15 +190,13 @@ async fn follow_live(agent: &Agent, socket: WebSocket, live: Arc<LiveJob>, since
     }
 }
 
-async fn replay_stored(
-    agent: &Agent,
-    mut socket: WebSocket,
-    job_id: &str,
-    since: u64,
-    status: JobStatus,
-    exit_code: i64,
-    ended_ms: i64,
-) {
+async fn replay_stored(agent: &Agent, socket: WebSocket, job: &JobRecord, since: u64) {
+    let job_id = job.job_id.as_str();
+    let controller_id = job.controller_id.as_str();
+    let status = job.status;
+    let exit_code = job.exit_code.unwrap_or(-1);
+    let ended_ms = job.ended_at_ms.unwrap_or_else(crate::clock::now_ms);
+    let mut socket = socket;
     let frames = match agent.store.frames_since(job_id, 0).await {
         Ok(frames) => frames,
         Err(error) => {
@@ -247,7 +234,10 @@ async fn replay_stored(
         // or ends; the client reconnects with `since`.
         return close(socket, 1013, "job state is changing; reconnect with since").await;
     }
-    let last = final_frame(job_id, last_seq + 1, status, exit_code, ended_ms);
+    let last = LogFrame {
+        audit: agent.job_witness(job_id, controller_id).await,
+        ..final_frame(job_id, last_seq + 1, status, exit_code, ended_ms)
+    };
     if last.seq > since && send_timed(agent, &mut socket, text(&last)).await.is_err() {
         return;
     }

@@ -1,21 +1,26 @@
 //! The tamper-evident audit log: one append-only, hash-chained SQLite row per event
 //! (submissions accepted or refused, state changes, results, cancels, startup).
 //!
-//! Each row stores the previous row's hash and its own, `SHA-256(prev_hash "\n" content)`
-//! over every other column (format in [`chain`]). [`AuditLog::verify`] walks the chain and
-//! names the first row that was edited, deleted or moved. Triggers refuse `UPDATE` and
-//! `DELETE` as well, but anyone holding the file can drop them; the chain is the guarantee.
+//! Each row stores the previous row's hash and its own; a version-2 row's hash links a
+//! digest of its content, `SHA-256("v2\n" prev_hash "\n" digest)`, so a segment can be
+//! checked link by link without the content (format in [`chain`]). [`AuditLog::verify`]
+//! walks the chain and names the first row that was edited, deleted or moved. Triggers
+//! refuse `UPDATE` and `DELETE` as well, but anyone holding the file can drop them; the
+//! chain is the guarantee.
 //!
 //! Limits: the chain has no key, so someone who can write the file can rewrite it *from
 //! some row to the end* with fresh hashes, or cut rows off the end. Both change the head;
-//! [`VerifyReport::head`] is there to compare with a copy kept elsewhere.
+//! [`VerifyReport::head`] is there to compare with a copy kept elsewhere, and every
+//! controller keeps one: each job result carries a witness of its audit row
+//! ([`AuditLog::result_row`]), and [`AuditLog::segment`] serves the chain to check it.
 //!
 //! Appends are serialised, in-process by the handle's lock and across processes by an
 //! `IMMEDIATE` transaction that reads the last row's hash, so the chain never forks.
 //!
-//! Schema (version 1, `PRAGMA user_version`):
+//! Schema (`PRAGMA user_version` 2: version 1, then the chain-version migration):
 //! ```sql
 #![doc = include_str!("schema_v1.sql")]
+#![doc = include_str!("schema_v2_chain.sql")]
 //! ```
 
 pub mod chain;
@@ -23,6 +28,7 @@ mod types;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,8 +42,14 @@ pub use self::types::{
 };
 
 /// Schema migrations; entry `i` takes the file from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
-const SCHEMA_VERSION: i64 = 1;
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2_chain.sql"),
+];
+const SCHEMA_VERSION: i64 = 2;
+
+/// The first schema with a `version` column.
+const SCHEMA_WITH_CHAIN_VERSION: i64 = 2;
 
 /// Everything that can go wrong with the audit log. Every variant names the file; SQL
 /// details stay in `source`.
@@ -136,6 +148,11 @@ pub struct AuditLog {
 struct Inner {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Whether the file has the `version` column: always for a writer (it migrates), not
+    /// for a read-only open of a file an older agent wrote.
+    has_version: bool,
+    /// The newest row's id, 0 when empty: kept for the metrics, so a scrape reads no file.
+    head_seq: AtomicI64,
 }
 
 impl fmt::Debug for AuditLog {
@@ -147,8 +164,8 @@ impl fmt::Debug for AuditLog {
 }
 
 /// The columns `row_from_sql` reads, in its order.
-fn select_columns() -> String {
-    format!("{}, row_hash", chain::HASHED_COLUMNS.join(", "))
+fn select_columns(has_version: bool) -> String {
+    chain::chain_select(has_version)
 }
 
 fn row_from_sql(row: &Row<'_>) -> rusqlite::Result<AuditRow> {
@@ -173,6 +190,7 @@ fn row_from_sql(row: &Row<'_>) -> rusqlite::Result<AuditRow> {
         details,
         prev_hash: row.get(14)?,
         row_hash: row.get(15)?,
+        version: row.get(16)?,
     })
 }
 
@@ -199,7 +217,7 @@ impl AuditLog {
         let path = path.as_ref();
         let conn = db::open_read_write(path, Synchronous::Full, MIGRATIONS)
             .map_err(|error| setup_error(path, error))?;
-        Ok(AuditLog::from_connection(path, conn))
+        AuditLog::from_connection(path, conn, true)
     }
 
     /// Opens an existing audit log for reading only (`verify`, `list`), as the CLI does.
@@ -207,17 +225,38 @@ impl AuditLog {
     /// this handle fails.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
         let path = path.as_ref();
-        let conn = open_reader(path)?;
-        Ok(AuditLog::from_connection(path, conn))
+        let (conn, has_version) = open_reader(path)?;
+        AuditLog::from_connection(path, conn, has_version)
     }
 
-    fn from_connection(path: &Path, conn: Connection) -> AuditLog {
-        AuditLog {
+    fn from_connection(
+        path: &Path,
+        conn: Connection,
+        has_version: bool,
+    ) -> Result<AuditLog, AuditError> {
+        let head_seq: i64 = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM audit_log", [], |row| {
+                row.get(0)
+            })
+            .map_err(|source| AuditError::Sql {
+                path: path.to_path_buf(),
+                op: "read the head",
+                job_id: None,
+                source: Box::new(source),
+            })?;
+        Ok(AuditLog {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 conn: Mutex::new(conn),
+                has_version,
+                head_seq: AtomicI64::new(head_seq),
             }),
-        }
+        })
+    }
+
+    /// The newest row's id (0 for an empty log) as of this handle's last append.
+    pub fn head_seq(&self) -> i64 {
+        self.inner.head_seq.load(Ordering::Relaxed)
     }
 
     /// The file this handle reads and writes.
@@ -228,11 +267,16 @@ impl AuditLog {
     /// Appends one event and returns its row id. The row is durable (`synchronous=FULL`)
     /// when this returns.
     pub async fn append(&self, event: AuditEvent) -> Result<i64, AuditError> {
+        Ok(self.append_head(event).await?.id)
+    }
+
+    /// [`AuditLog::append`], returning the new row's id and hash (what a witness names).
+    pub async fn append_head(&self, event: AuditEvent) -> Result<ChainHead, AuditError> {
         self.spawn(move |log| log.append_blocking(event)).await
     }
 
-    /// Blocking twin of [`AuditLog::append`].
-    fn append_blocking(&self, event: AuditEvent) -> Result<i64, AuditError> {
+    /// Blocking twin of [`AuditLog::append_head`].
+    fn append_blocking(&self, event: AuditEvent) -> Result<ChainHead, AuditError> {
         let path = &self.inner.path;
         let details =
             serde_json::to_string(&event.details).map_err(|source| AuditError::Details {
@@ -282,18 +326,22 @@ impl AuditLog {
                 Value::Text(details),
                 Value::Text(prev_hash.clone()),
             ];
-            let row_hash = chain::row_hash(&prev_hash, &values.each_ref().map(value_ref));
+            let row_hash = chain::row_hash_current(&prev_hash, &values.each_ref().map(value_ref));
             tx.execute(
                 &format!(
                     "INSERT INTO audit_log ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                     ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                    select_columns()
+                     ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                    select_columns(true)
                 ),
-                rusqlite::params_from_iter(values.into_iter().chain([Value::Text(row_hash)])),
+                rusqlite::params_from_iter(values.into_iter().chain([
+                    Value::Text(row_hash.clone()),
+                    Value::Integer(chain::CURRENT_VERSION),
+                ])),
             )
             .map_err(sql)?;
             tx.commit().map_err(sql)?;
-            Ok(id)
+            self.inner.head_seq.fetch_max(id, Ordering::Relaxed);
+            Ok(ChainHead { id, row_hash })
         })
     }
 
@@ -304,8 +352,81 @@ impl AuditLog {
     /// It reads through its own read-only connection, so appends through this handle are
     /// not held up, and it checks one consistent snapshot of the file.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
-        let conn = open_reader(&self.inner.path)?;
-        chain::verify(&conn).map_err(self.sql_error("verify the chain", None))
+        let (conn, has_version) = open_reader(&self.inner.path)?;
+        chain::verify(&conn, has_version).map_err(self.sql_error("verify the chain", None))
+    }
+
+    /// Rows `from..=to` that exist, oldest first, for `GET /api/v1/audit/chain`: links,
+    /// digest and version of each, and the full row (as [`AuditRow::to_json`]) only where
+    /// the row's `controller_id` is `caller`. The caller bounds the range.
+    pub async fn segment(
+        &self,
+        from: u64,
+        to: u64,
+        caller: String,
+    ) -> Result<Vec<quickcmd_protocol::ChainRow>, AuditError> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let to = i64::try_from(to).unwrap_or(i64::MAX);
+        self.spawn(move |log| {
+            let sql = log.sql_error("read a chain segment", None);
+            log.with_conn(|conn| {
+                let rows = chain::segment(conn, log.inner.has_version, from, to).map_err(&sql)?;
+                let own: Vec<i64> = rows
+                    .iter()
+                    .filter(|row| row.controller_id.as_deref() == Some(caller.as_str()))
+                    .filter_map(|row| i64::try_from(row.chain.seq).ok())
+                    .collect();
+                let mut full = std::collections::HashMap::new();
+                if !own.is_empty() {
+                    let mut statement = conn
+                        .prepare_cached(&format!(
+                            "SELECT {} FROM audit_log WHERE id BETWEEN ?1 AND ?2 \
+                             AND controller_id = ?3 ORDER BY id",
+                            select_columns(log.inner.has_version)
+                        ))
+                        .map_err(&sql)?;
+                    let found = statement
+                        .query_map(params![from, to, caller], row_from_sql)
+                        .map_err(&sql)?;
+                    for row in found {
+                        let row = row.map_err(&sql)?;
+                        full.insert(row.id, row.to_json());
+                    }
+                }
+                Ok(rows
+                    .into_iter()
+                    .map(|mut row| {
+                        let id = i64::try_from(row.chain.seq).unwrap_or(0);
+                        row.chain.row = full.remove(&id);
+                        row.chain
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    /// The newest `result` row of `job_id`: the row a job's witness names.
+    pub async fn result_row(&self, job_id: String) -> Result<Option<ChainHead>, AuditError> {
+        self.spawn(move |log| {
+            let sql = log.sql_error("find the result row", Some(&job_id));
+            log.with_conn(|conn| {
+                conn.query_row(
+                    "SELECT id, row_hash FROM audit_log WHERE job_id = ?1 AND kind = ?2 \
+                     ORDER BY id DESC LIMIT 1",
+                    params![job_id, AuditKind::Result],
+                    |row| {
+                        Ok(ChainHead {
+                            id: row.get(0)?,
+                            row_hash: row.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(&sql)
+            })
+        })
+        .await
     }
 
     /// The newest `limit` rows, returned oldest first (ascending id, like `tail`).
@@ -317,7 +438,7 @@ impl AuditLog {
                 .prepare_cached(&format!(
                     "SELECT * FROM (SELECT {} FROM audit_log ORDER BY id DESC LIMIT ?1) \
                      ORDER BY id",
-                    select_columns()
+                    select_columns(self.inner.has_version)
                 ))
                 .map_err(&sql)?;
             let rows = statement
@@ -336,7 +457,7 @@ impl AuditLog {
             let mut statement = conn
                 .prepare_cached(&format!(
                     "SELECT {} FROM audit_log WHERE job_id = ?1 ORDER BY id",
-                    select_columns()
+                    select_columns(self.inner.has_version)
                 ))
                 .map_err(&sql)?;
             let rows = statement
@@ -368,8 +489,9 @@ impl AuditLog {
     }
 }
 
-/// A read-only connection to an existing audit log of a schema this agent knows.
-fn open_reader(path: &Path) -> Result<Connection, AuditError> {
+/// A read-only connection to an existing audit log of a schema this agent knows, and
+/// whether it has the `version` column yet (a file an older agent wrote has not).
+fn open_reader(path: &Path) -> Result<(Connection, bool), AuditError> {
     match std::fs::metadata(path) {
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -391,7 +513,7 @@ fn open_reader(path: &Path) -> Result<Connection, AuditError> {
             path: path.to_path_buf(),
         });
     }
-    Ok(conn)
+    Ok((conn, version >= SCHEMA_WITH_CHAIN_VERSION))
 }
 
 impl SqliteHandle for AuditLog {

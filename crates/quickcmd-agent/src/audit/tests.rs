@@ -256,7 +256,10 @@ fn rehash_row(raw: &Connection, id: i64, command: &str) {
     .expect("edit");
     let (values, prev): (Vec<Value>, String) = raw
         .query_row(
-            &format!("SELECT {} FROM audit_log WHERE id = ?1", select_columns()),
+            &format!(
+                "SELECT {} FROM audit_log WHERE id = ?1",
+                select_columns(true)
+            ),
             [id],
             |row| {
                 let values = (0..15)
@@ -267,7 +270,7 @@ fn rehash_row(raw: &Connection, id: i64, command: &str) {
         )
         .expect("read row");
     let refs: [ValueRef<'_>; 15] = std::array::from_fn(|i| ValueRef::from(&values[i]));
-    let forged = chain::row_hash(&prev, &refs);
+    let forged = chain::row_hash_current(&prev, &refs);
     raw.execute(
         "UPDATE audit_log SET row_hash = ?1 WHERE id = ?2",
         params![forged, id],
@@ -315,8 +318,8 @@ fn forged_rows_are_caught() {
     let raw = attacker(&path);
     // A row appended with a made-up hash.
     raw.execute(
-        "INSERT INTO audit_log (id, time_ms, kind, details, prev_hash, row_hash) \
-         SELECT 4, 0, 'startup', 'null', row_hash, ?1 FROM audit_log WHERE id = 3",
+        "INSERT INTO audit_log (id, time_ms, kind, details, prev_hash, row_hash, version) \
+         SELECT 4, 0, 'startup', 'null', row_hash, ?1, 2 FROM audit_log WHERE id = 3",
         [&"f".repeat(64)],
     )
     .expect("forge row");
@@ -389,8 +392,8 @@ fn reopening_continues_the_chain() {
     append_n(&log, 3);
     drop(log);
     let log = AuditLog::open(&path).expect("reopen");
-    assert_eq!(log.append_blocking(event(4)).expect("append"), 4);
-    assert_eq!(log.append_blocking(event(5)).expect("append"), 5);
+    assert_eq!(log.append_blocking(event(4)).expect("append").id, 4);
+    assert_eq!(log.append_blocking(event(5)).expect("append").id, 5);
     let report = log.verify().expect("verify");
     assert_eq!((report.rows, report.first_bad), (5, None));
     let rows = log.list(3).expect("list");
@@ -514,7 +517,7 @@ fn read_only_open_never_creates_and_never_writes() {
         .expect_err("read-only handle cannot append");
     assert!(matches!(err, AuditError::Append { .. }), "{err:?}");
     // The writer still works and the chain is intact.
-    assert_eq!(log.append_blocking(event(4)).expect("append"), 4);
+    assert_eq!(log.append_blocking(event(4)).expect("append").id, 4);
     assert!(reader.verify().expect("verify").is_valid());
 }
 
@@ -523,16 +526,16 @@ fn newer_schema_is_refused() {
     let (_dir, path, log) = open_log();
     drop(log);
     attacker(&path)
-        .pragma_update(None, "user_version", 2)
+        .pragma_update(None, "user_version", 3)
         .expect("bump");
     let err = AuditLog::open(&path).expect_err("too new");
     assert!(
-        matches!(err, AuditError::SchemaTooNew { found: 2, .. }),
+        matches!(err, AuditError::SchemaTooNew { found: 3, .. }),
         "{err:?}"
     );
     let err = AuditLog::open_read_only(&path).expect_err("too new");
     assert!(
-        matches!(err, AuditError::SchemaTooNew { found: 2, .. }),
+        matches!(err, AuditError::SchemaTooNew { found: 3, .. }),
         "{err:?}"
     );
 }
@@ -562,5 +565,208 @@ async fn async_append_and_check() {
             "cannot append cancel event for job job-1 to audit log {}",
             log.path().display()
         )
+    );
+}
+
+/// [`attacker`] with the append-only triggers dropped.
+fn untriggered(path: &Path) -> Connection {
+    let raw = attacker(path);
+    raw.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
+        .expect("drop triggers");
+    raw
+}
+
+/// A file as the agent before chain v2 wrote it: schema 1, rows hashed by the v1 rule.
+fn write_v1_log(path: &Path, rows: i64) -> Vec<String> {
+    let conn = Connection::open(path).expect("create");
+    conn.execute_batch(include_str!("schema_v1.sql"))
+        .expect("schema 1");
+    conn.pragma_update(None, "user_version", 1)
+        .expect("version");
+    let mut prev = chain::GENESIS_HASH.to_owned();
+    let mut hashes = Vec::new();
+    for id in 1..=rows {
+        let values: [Value; 15] = [
+            Value::Integer(id),
+            Value::Integer(1_700_000_000_000),
+            Value::Text("startup".into()),
+            Value::Null,
+            Value::Text("old-controller".into()),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Text(format!("echo {id}")),
+            Value::Null,
+            Value::Null,
+            Value::Text("null".into()),
+            Value::Text(prev.clone()),
+        ];
+        let hash = chain::row_hash_v1(&prev, &values.each_ref().map(value_ref));
+        conn.execute(
+            &format!(
+                "INSERT INTO audit_log ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+                 ?11, ?12, ?13, ?14, ?15, ?16)",
+                select_columns(false).replace(", 1", "")
+            ),
+            rusqlite::params_from_iter(values.into_iter().chain([Value::Text(hash.clone())])),
+        )
+        .expect("v1 row");
+        prev = hash.clone();
+        hashes.push(hash);
+    }
+    hashes
+}
+
+#[test]
+fn a_v1_log_is_read_as_is_then_upgraded_without_rewriting_a_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent-audit.db");
+    let old_hashes = write_v1_log(&path, 3);
+    // Read-only, as `audit verify` on a host not yet upgraded: no version column yet.
+    let reader = AuditLog::open_read_only(&path).expect("read-only");
+    let report = reader.verify().expect("verify");
+    assert!(report.is_valid(), "{report:?}");
+    assert_eq!(reader.list(10).expect("list")[0].version, 1);
+    drop(reader);
+
+    let log = AuditLog::open(&path).expect("migrate");
+    assert_eq!(log.head_seq(), 3);
+    append_n(&log, 2);
+    assert_eq!(log.head_seq(), 5);
+    let rows = log.list(10).expect("list");
+    assert_eq!(
+        rows.iter().map(|r| r.version).collect::<Vec<_>>(),
+        [1, 1, 1, 2, 2]
+    );
+    assert_eq!(
+        rows[..3]
+            .iter()
+            .map(|r| r.row_hash.clone())
+            .collect::<Vec<_>>(),
+        old_hashes
+    );
+    assert_eq!(rows[3].prev_hash, old_hashes[2]);
+    let report = log.verify().expect("verify");
+    assert!(report.is_valid(), "{report:?}");
+    assert_eq!(report.head.map(|h| h.id), Some(5));
+
+    // An edit of a v1 row is still caught by its own rule.
+    untriggered(&path)
+        .execute("UPDATE audit_log SET command = 'x' WHERE id = 2", [])
+        .expect("edit");
+    assert_eq!(
+        first_bad(&log),
+        bad(2, "row hash does not match its content")
+    );
+}
+
+#[test]
+fn a_v2_row_turned_into_v1_is_a_downgrade() {
+    let (_dir, path, log) = open_log();
+    append_n(&log, 3);
+    let raw = untriggered(&path);
+    raw.execute("UPDATE audit_log SET version = 1 WHERE id = 1", [])
+        .expect("edit");
+    assert_eq!(
+        first_bad(&log),
+        bad(1, "row hash does not match its content")
+    );
+    raw.execute("UPDATE audit_log SET version = 2 WHERE id = 1", [])
+        .expect("restore");
+    raw.execute("UPDATE audit_log SET version = 1 WHERE id = 3", [])
+        .expect("edit");
+    assert_eq!(
+        first_bad(&log),
+        bad(
+            3,
+            "chain version 1 after a version 2 row (versions never go down)"
+        )
+    );
+}
+
+#[tokio::test]
+async fn segments_link_hide_others_rows_and_expose_edits() {
+    let (_dir, path, log) = open_log();
+    append_n(&log, 4);
+    log.append_blocking(AuditEvent {
+        controller_id: Some("other".into()),
+        command: Some("secret command".into()),
+        ..AuditEvent::new(AuditKind::Submission)
+    })
+    .expect("append");
+    let rows = log
+        .segment(1, 10, "controller-1".into())
+        .await
+        .expect("segment");
+    assert_eq!(rows.len(), 5);
+    let chain = quickcmd_protocol::AuditChain {
+        agent_id: "a".into(),
+        rows: rows.clone(),
+    };
+    assert_eq!(chain.check_links(), Ok(()));
+    assert!(rows[..4].iter().all(|r| r.row.is_some()));
+    assert_eq!(
+        rows[0].row.as_ref().map(|r| r["command"].clone()),
+        Some("echo 1".into())
+    );
+    assert!(
+        rows[4].row.is_none(),
+        "another controller's row is not shown"
+    );
+    assert!(!serde_json::to_string(&rows)
+        .unwrap_or_default()
+        .contains("secret command"));
+    assert_eq!(
+        log.segment(2, 3, "nobody".into())
+            .await
+            .expect("segment")
+            .iter()
+            .map(|r| r.seq)
+            .collect::<Vec<_>>(),
+        [2, 3]
+    );
+    assert!(log
+        .segment(9, 12, "x".into())
+        .await
+        .expect("segment")
+        .is_empty());
+
+    // Attack: a row edited on disk, hash untouched. The served digest is recomputed from
+    // the stored content, so the link breaks at that row.
+    untriggered(&path)
+        .execute(
+            "UPDATE audit_log SET command = 'echo innocent' WHERE id = 3",
+            [],
+        )
+        .expect("edit");
+    let edited = quickcmd_protocol::AuditChain {
+        agent_id: "a".into(),
+        rows: log.segment(1, 5, "x".into()).await.expect("segment"),
+    };
+    assert_eq!(
+        edited.check_links(),
+        Err(quickcmd_protocol::ChainError::BadRowHash { seq: 3 })
+    );
+}
+
+#[tokio::test]
+async fn result_row_is_the_newest_result_of_the_job() {
+    let (_dir, _path, log) = open_log();
+    assert_eq!(log.result_row("job-1".into()).await.expect("read"), None);
+    append_n(&log, 1);
+    let head = log
+        .append_head(AuditEvent {
+            job_id: Some("job-1".into()),
+            ..AuditEvent::new(AuditKind::Result)
+        })
+        .await
+        .expect("append");
+    append_n(&log, 1);
+    assert_eq!(head.id, 2);
+    assert_eq!(
+        log.result_row("job-1".into()).await.expect("read"),
+        Some(head)
     );
 }

@@ -160,6 +160,34 @@ pub struct AuditRow {
     pub prev_hash: String,
     /// Lowercase hex SHA-256 chaining this row to the previous one (see `audit::chain`).
     pub row_hash: String,
+    /// The chain version whose hash rule this row follows: 1 (before v1.1) or 2.
+    pub version: i64,
+}
+
+impl AuditRow {
+    /// The row as JSON, as `audit list --json` prints it and `GET /api/v1/audit/chain`
+    /// serves a caller's own rows.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "time": crate::clock::rfc3339_ms(self.time_ms),
+            "kind": self.kind.as_str(),
+            "job_id": self.job_id,
+            "controller_id": self.controller_id,
+            "remote_addr": self.remote_addr,
+            "accepted": self.accepted,
+            "code": self.code,
+            "status": self.status,
+            "reason": self.reason,
+            "command": self.command,
+            "prompt": self.prompt,
+            "exit_code": self.exit_code,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "row_hash": self.row_hash,
+            "version": self.version,
+        })
+    }
 }
 
 /// What [`AuditLog::verify`](super::AuditLog::verify) found.

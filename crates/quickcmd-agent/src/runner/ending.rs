@@ -171,13 +171,6 @@ pub(super) async fn finish(agent: &Agent, job: &QueuedJob, live: &LiveJob, end: 
         stdout_truncated: stdout.truncated,
         stderr_truncated: stderr.truncated,
     };
-    match agent.store.finish_job(&job.job_id, outcome).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(job_id = %job.job_id, "job was already final; result not overwritten")
-        }
-        Err(error) => tracing::error!(job_id = %job.job_id, %error, "could not store job result"),
-    }
     let event = AuditEvent {
         job_id: Some(job.job_id.clone()),
         controller_id: Some(job.controller_id.clone()),
@@ -188,10 +181,24 @@ pub(super) async fn finish(agent: &Agent, job: &QueuedJob, live: &LiveJob, end: 
         details: output_details(&stdout, &stderr, end.sandbox_id.as_deref()),
         ..AuditEvent::new(AuditKind::Result)
     };
-    if let Err(error) = agent.audit.append(event).await {
-        tracing::error!(job_id = %job.job_id, %error, "could not write the result to the audit log");
+    // The result row is written before the store marks the job final, so a client that
+    // sees the final status can always be given the witness of that row.
+    let witness = match agent.audit.append_head(event).await {
+        Ok(head) => agent.witness(&job.controller_id, &head),
+        Err(error) => {
+            tracing::error!(job_id = %job.job_id, %error, "could not write the result to the audit log");
+            None
+        }
+    };
+    match agent.store.finish_job(&job.job_id, outcome).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(job_id = %job.job_id, "job was already final; result not overwritten")
+        }
+        Err(error) => tracing::error!(job_id = %job.job_id, %error, "could not store job result"),
     }
-    live.stream.finish(end.status, end.exit_code, ended_ms);
+    live.stream
+        .finish(end.status, end.exit_code, ended_ms, witness);
     let duration = end.started.map(|s| s.elapsed()).unwrap_or_default();
     agent
         .metrics

@@ -6,7 +6,7 @@ mod utf8;
 
 use std::sync::{Arc, Mutex};
 
-use quickcmd_protocol::{JobStatus, LogFrame, StreamName};
+use quickcmd_protocol::{AuditWitness, JobStatus, LogFrame, StreamName};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
@@ -202,15 +202,19 @@ impl JobStream {
 
     /// Sends the final frame, stamped `ended_ms` (the job's stored end, so a replay of it
     /// later carries the same time), and keeps it for subscribers that arrive afterwards.
-    pub(crate) fn finish(&self, status: JobStatus, exit_code: i64, ended_ms: i64) -> Arc<LogFrame> {
+    /// `witness` is the result's audit witness (protocol v1.1), when there is one.
+    pub(crate) fn finish(
+        &self,
+        status: JobStatus,
+        exit_code: i64,
+        ended_ms: i64,
+        witness: Option<AuditWitness>,
+    ) -> Arc<LogFrame> {
         let mut inner = self.lock();
-        let frame = Arc::new(final_frame(
-            &self.job_id,
-            inner.seq + 1,
-            status,
-            exit_code,
-            ended_ms,
-        ));
+        let frame = Arc::new(LogFrame {
+            audit: witness,
+            ..final_frame(&self.job_id, inner.seq + 1, status, exit_code, ended_ms)
+        });
         inner.final_frame = Some(frame.clone());
         let _ = self.sender.send(frame.clone());
         frame

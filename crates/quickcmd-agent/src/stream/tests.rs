@@ -85,7 +85,7 @@ async fn late_subscriber_replays_then_follows_live_without_gaps() {
         resumed.replay.iter().map(|f| f.seq).collect::<Vec<_>>(),
         vec![3]
     );
-    let final_frame = stream.finish(JobStatus::Completed, 0, 1_700_000_000_000);
+    let final_frame = stream.finish(JobStatus::Completed, 0, 1_700_000_000_000, None);
     assert_eq!(final_frame.seq, 4);
     let after = stream.subscribe(0);
     assert_eq!(after.replay.last().map(|f| f.is_final), Some(true));

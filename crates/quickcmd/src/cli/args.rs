@@ -337,6 +337,9 @@ pub enum Command {
         #[arg(long)]
         group_names: bool,
     },
+    /// Check agents' audit logs against the witnesses this controller kept
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print shell completions (host and group names are completed from the inventory)
     Completions {
         #[arg(value_enum)]
@@ -344,6 +347,20 @@ pub enum Command {
     },
     /// Print the man page (roff)
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Fetch each agent's audit chain from the oldest witness to its head and check every
+    /// link and witness. Exit 0 intact, 1 tampered, 255 could not check
+    Verify {
+        /// Only this agent (inventory name or URL, as the history records it)
+        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        agent: Option<String>,
+        /// Every agent this controller holds witnesses of (the default)
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 //! reader of stdout went away).
 
 mod args;
+mod audit;
 mod config;
 mod history;
 mod inventory;
@@ -21,8 +22,8 @@ use std::sync::Arc;
 use clap::Parser;
 
 pub use args::{
-    AgentCommand, Cli, Command, ConfigCommand, GlobalArgs, JobArgs, RunArgs, ShapeArgs, SubmitArgs,
-    TargetArgs,
+    AgentCommand, AuditCommand, Cli, Command, ConfigCommand, GlobalArgs, JobArgs, RunArgs,
+    ShapeArgs, SubmitArgs, TargetArgs,
 };
 
 use crate::client::{Client, ClientOptions, RetryNotice, RetryPolicy};
@@ -214,6 +215,10 @@ pub fn execute(cli: Cli) -> CliResult {
                 return inventory::list_hosts(&context, &targets.selection()).map(|()| 0);
             }
             misc::health(context, targets)
+        }
+        // `--all` is the default; clap refuses it together with `--agent`.
+        Command::Audit(AuditCommand::Verify { agent, all: _ }) => {
+            audit::verify(Context::load(global)?, agent)
         }
     }
 }

@@ -31,7 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quickcmd_protocol::{
-    is_valid_job_id, Health, JobList, JobResult, JobStatus, JobView, ReadAuth, SubmitResponse,
+    is_valid_job_id, AuditChain, Health, JobList, JobResult, JobStatus, JobView, ReadAuth,
+    SubmitResponse,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
@@ -212,6 +213,21 @@ impl Client {
         let path = job_path(job_id)?;
         let answer = self
             .read(Method::GET, &path, None, "reading job status")
+            .await?;
+        expect_json(answer, &[200])
+    }
+
+    /// `GET /api/v1/audit/chain?from=&to=` (protocol v1.1): rows `from..=to` of the agent's
+    /// audit chain that exist, at most [`quickcmd_protocol::MAX_CHAIN_ROWS`].
+    pub async fn audit_chain(&self, from: u64, to: u64) -> Result<AuditChain, ClientError> {
+        let query = format!("from={from}&to={to}");
+        let answer = self
+            .read(
+                Method::GET,
+                "/api/v1/audit/chain",
+                Some(&query),
+                "reading the audit chain",
+            )
             .await?;
         expect_json(answer, &[200])
     }

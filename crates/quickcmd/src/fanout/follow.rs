@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use quickcmd_protocol::{JobResult, LogFrame, StreamName};
+use quickcmd_protocol::{AuditWitness, JobResult, LogFrame, StreamName};
 use sha2::{Digest, Sha256};
 
 use super::Context;
@@ -50,6 +50,8 @@ impl Capture {
 /// Sizes and hashes of a job's output, for the history.
 pub(super) struct OutputRecord {
     pub(super) result: Option<JobResult>,
+    /// The agent's audit witness of the result (v1.1), from the result or the final frame.
+    pub(super) witness: Option<AuditWitness>,
     pub(super) stdout_bytes: u64,
     pub(super) stderr_bytes: u64,
     pub(super) stdout_sha256: String,
@@ -242,7 +244,12 @@ fn record(
         _ => ours,
     };
     let agent_bytes = |bytes: Option<u64>, ours: u64| bytes.filter(|b| *b > 0).unwrap_or(ours);
+    let witness = result
+        .as_ref()
+        .and_then(|r| r.audit.clone())
+        .or_else(|| final_frame.as_ref().and_then(|f| f.audit.clone()));
     let output = OutputRecord {
+        witness,
         stdout_bytes: agent_bytes(result.as_ref().map(|r| r.stdout_bytes), stdout.bytes),
         stderr_bytes: agent_bytes(result.as_ref().map(|r| r.stderr_bytes), stderr.bytes),
         stdout_sha256: pick(result.as_ref().map(|r| &r.stdout_sha256), stdout.sha256()),

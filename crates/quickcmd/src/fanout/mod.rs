@@ -283,15 +283,63 @@ async fn run_host(host: usize, client: &Client, context: &Context) -> HostReport
         }
     }
     context.started.add(host, &job_id);
-    let report = submit_and_follow(host, client, context, &signed).await;
+    let mut report = submit_and_follow(host, client, context, &signed).await;
     context.started.remove(host);
     if let Some(history) = &context.history {
+        let witness = report.1.as_ref().and_then(|r| r.witness.as_ref());
+        if let Some(witness) = witness {
+            keep_witness(
+                host,
+                client,
+                context,
+                history,
+                &job_id,
+                witness,
+                &mut report.0,
+            )
+            .await;
+        }
         let outcome = outcome_of(&report.0, report.1.as_ref());
         if let Err(error) = history.record_outcome(&job_id, &agent_url, outcome).await {
             context.note_history_error(host, &error).await;
         }
     }
     report.0
+}
+
+/// Checks the result's audit witness and keeps it. A witness that does not verify is a
+/// different agent or a forged result: the host's outcome becomes an error, said loudly.
+async fn keep_witness(
+    host: usize,
+    client: &Client,
+    context: &Context,
+    history: &crate::history::History,
+    job_id: &str,
+    witness: &quickcmd_protocol::AuditWitness,
+    report: &mut HostReport,
+) {
+    match crate::audit::accept_witness(client, history, job_id, witness).await {
+        Ok(()) => {}
+        Err(error @ crate::audit::WitnessError::BadMac { .. }) => {
+            context
+                .emit(RunEvent::Notice {
+                    host,
+                    message: format!("SECURITY: {error}"),
+                })
+                .await;
+            report.status = HostStatus::Error;
+            report.reason = Some("bad audit witness".into());
+            report.error = Some(error.to_string());
+        }
+        Err(error) => {
+            context
+                .emit(RunEvent::Notice {
+                    host,
+                    message: format!("audit witness not kept: {error}"),
+                })
+                .await;
+        }
+    }
 }
 
 /// Submits and waits; returns the report and, when the job ended, its result.

@@ -11,11 +11,13 @@ mod invocation;
 mod migrate;
 mod sql;
 mod user;
+mod witness;
 
 pub use invocation::{Invocation, InvocationTarget};
 use serde::Serialize;
 use sql::{open_blocking, row_from_sql, COLUMNS};
 pub use user::local_user;
+pub use witness::StoredWitness;
 
 /// Why the history could not be read or written.
 #[derive(Debug, thiserror::Error)]

@@ -118,5 +118,6 @@ pub(super) fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
         .map_err(sql)?;
     connection.execute_batch(SCHEMA).map_err(sql)?;
     super::migrate::migrate(&connection).map_err(sql)?;
+    super::witness::create(&connection).map_err(sql)?;
     Ok(connection)
 }
