@@ -79,9 +79,7 @@ pub(crate) trait SqliteHandle: Clone + Send + Sync + 'static {
 /// Whether a failure comes from a full disk: SQLite's `SQLITE_FULL`, or `ENOSPC` anywhere
 /// in the chain of sources.
 pub(crate) fn is_disk_full(error: &(dyn std::error::Error + 'static)) -> bool {
-    let sqlite_full = |e: &rusqlite::Error| {
-        matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
-    };
+    let sqlite_full = |e: &rusqlite::Error| matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull);
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(e) = error.downcast_ref::<rusqlite::Error>() {

@@ -47,7 +47,11 @@ async fn kill_9_with_eight_jobs_running_fails_them_on_restart_and_leaves_nothing
         let view = agent.wait_final("ctl-a", job_id).await;
         let result = view.result.expect("a final job has a result");
         assert_eq!(view.status, JobStatus::Failed, "{job_id}: {result:?}");
-        assert_eq!(result.reason.as_deref(), Some(reason::AGENT_RESTART), "{result:?}");
+        assert_eq!(
+            result.reason.as_deref(),
+            Some(reason::AGENT_RESTART),
+            "{result:?}"
+        );
         let rows = agent.audit_for(job_id);
         assert!(
             rows.iter()
@@ -168,7 +172,11 @@ impl Tmpfs {
             .arg(at)
             .status()
             .expect("run mount (these tests run as root)");
-        assert!(status.success(), "mount -t tmpfs at {} failed", at.display());
+        assert!(
+            status.success(),
+            "mount -t tmpfs at {} failed",
+            at.display()
+        );
         Tmpfs(at.to_path_buf())
     }
 
@@ -197,8 +205,9 @@ impl Drop for Tmpfs {
 
 /// `PRAGMA integrity_check` of a database file, read-only.
 fn integrity(path: &std::path::Path) -> String {
-    let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     db.query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap_or_else(|e| panic!("integrity_check of {}: {e}", path.display()))
 }
@@ -225,10 +234,17 @@ async fn full_data_directory_refuses_clearly_corrupts_nothing_and_recovers() {
         reply.headers
     );
     // Reads still work, and say nothing of a job that was refused.
-    assert_eq!(agent.view("ctl-a", &before).await.status, JobStatus::Completed);
+    assert_eq!(
+        agent.view("ctl-a", &before).await.status,
+        JobStatus::Completed
+    );
     assert_eq!(agent.get_job("ctl-a", &full).await.status, 404);
     let health = agent.request(reqwest::Method::GET, "/health", None).await;
-    assert!(health.status == 200 || health.status == 503, "{}", health.text);
+    assert!(
+        health.status == 200 || health.status == 503,
+        "{}",
+        health.text
+    );
 
     for db in [agent.data_dir().join("agent.db"), agent.audit_db()] {
         assert_eq!(integrity(&db), "ok", "{}", db.display());

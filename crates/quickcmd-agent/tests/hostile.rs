@@ -286,7 +286,11 @@ async fn subscriber_that_never_reads_200_mb_is_dropped_while_the_agent_stays_bou
     }
     let view = agent.wait_final("ctl-a", &job_id).await;
     let result = view.result.expect("a final job has a result");
-    assert_eq!(view.status, quickcmd_protocol::JobStatus::Completed, "{result:?}");
+    assert_eq!(
+        view.status,
+        quickcmd_protocol::JobStatus::Completed,
+        "{result:?}"
+    );
     assert!(
         peak_kib < baseline_kib + RSS_GROWTH_BOUND_KIB,
         "agent RSS grew from {baseline_kib} KiB to {peak_kib} KiB while a job printed \

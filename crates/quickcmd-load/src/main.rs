@@ -23,7 +23,10 @@ use quickcmd_testkit::{rss_kib, Config, TestAgent};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "quickcmd-load", about = "Load run against a real quickcmd-agent")]
+#[command(
+    name = "quickcmd-load",
+    about = "Load run against a real quickcmd-agent"
+)]
 struct Args {
     /// Signed submissions in all (half without, half with the flood).
     #[arg(long, default_value_t = 2000)]
@@ -64,7 +67,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Samples the agent's VmRSS every 50 ms into `peak` until `stop` is set.
-fn rss_sampler(pid: u32, peak: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn rss_sampler(
+    pid: u32,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             if let Some(kib) = rss_kib(pid) {
@@ -83,7 +90,10 @@ async fn settle(agent: &TestAgent, accepted: &[traffic::Accepted], limit: Durati
         loop {
             let reply = agent.get_job(&job.controller_id, &job.job_id).await;
             if reply.status != 200 {
-                violations.push(format!("GET {}: {} {}", job.job_id, reply.status, reply.text));
+                violations.push(format!(
+                    "GET {}: {} {}",
+                    job.job_id, reply.status, reply.text
+                ));
                 break;
             }
             let view: quickcmd_protocol::JobView = match serde_json::from_str(&reply.text) {
@@ -105,7 +115,10 @@ async fn settle(agent: &TestAgent, accepted: &[traffic::Accepted], limit: Durati
                 break;
             }
             if Instant::now() > deadline {
-                violations.push(format!("{} never ended (last {:?})", job.job_id, view.status));
+                violations.push(format!(
+                    "{} never ended (last {:?})",
+                    job.job_id, view.status
+                ));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -120,7 +133,9 @@ fn audit_violations(agent: &TestAgent, accepted: &[traffic::Accepted]) -> (Vec<S
     let mut submitted = HashSet::new();
     let mut resulted = HashSet::new();
     for row in &rows {
-        let Some(job_id) = row["job_id"].as_str() else { continue };
+        let Some(job_id) = row["job_id"].as_str() else {
+            continue;
+        };
         match row["kind"].as_str() {
             Some("submission") if row["accepted"] == json!(true) => {
                 submitted.insert(job_id.to_string());
@@ -182,12 +197,27 @@ async fn main() -> ExitCode {
 
     let peak_kib = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(AtomicBool::new(false));
-    let sampler = rss_sampler(agent.pid().as_raw() as u32, peak_kib.clone(), sampling.clone());
+    let sampler = rss_sampler(
+        agent.pid().as_raw() as u32,
+        peak_kib.clone(),
+        sampling.clone(),
+    );
     let started = Instant::now();
 
-    let quiet = traffic::signed_phase(&agent.base, &controllers, "quiet", jobs / 2, args.connections).await;
+    let quiet = traffic::signed_phase(
+        &agent.base,
+        &controllers,
+        "quiet",
+        jobs / 2,
+        args.connections,
+    )
+    .await;
     let stop_flood = Arc::new(AtomicBool::new(false));
-    let flood = tokio::spawn(traffic::flood(agent.base.clone(), args.flood_connections, stop_flood.clone()));
+    let flood = tokio::spawn(traffic::flood(
+        agent.base.clone(),
+        args.flood_connections,
+        stop_flood.clone(),
+    ));
     let flooded = traffic::signed_phase(
         &agent.base,
         &controllers,
@@ -200,8 +230,12 @@ async fn main() -> ExitCode {
     let flood = flood.await.unwrap_or_default();
     let submitted_in = started.elapsed();
 
-    let accepted: Vec<traffic::Accepted> =
-        quiet.accepted.iter().chain(&flooded.accepted).cloned().collect();
+    let accepted: Vec<traffic::Accepted> = quiet
+        .accepted
+        .iter()
+        .chain(&flooded.accepted)
+        .cloned()
+        .collect();
     let mut violations: Vec<String> = Vec::new();
     violations.extend(quiet.violations.iter().cloned());
     violations.extend(flooded.violations.iter().cloned());
@@ -219,7 +253,10 @@ async fn main() -> ExitCode {
         violations.push(format!("audit verify: {}", verify_output.trim()));
     }
     if peak_mib > args.max_rss_mib as f64 {
-        violations.push(format!("peak RSS {peak_mib:.1} MiB over --max-rss-mib {}", args.max_rss_mib));
+        violations.push(format!(
+            "peak RSS {peak_mib:.1} MiB over --max-rss-mib {}",
+            args.max_rss_mib
+        ));
     }
     if accepted.len() != jobs {
         violations.push(format!("{} of {jobs} jobs accepted", accepted.len()));
@@ -228,11 +265,21 @@ async fn main() -> ExitCode {
     println!("results:");
     let (quiet_p50, quiet_p99) = report_phase("without flood", &quiet);
     let (flood_p50, flood_p99) = report_phase("with flood", &flooded);
-    let ratio = |a: Duration, b: Duration| if b.is_zero() { f64::NAN } else { a.as_secs_f64() / b.as_secs_f64() };
+    let ratio = |a: Duration, b: Duration| {
+        if b.is_zero() {
+            f64::NAN
+        } else {
+            a.as_secs_f64() / b.as_secs_f64()
+        }
+    };
     let (r50, r99) = (ratio(flood_p50, quiet_p50), ratio(flood_p99, quiet_p99));
     println!(
         "  flood/quiet   p50 ratio {r50:.2}  p99 ratio {r99:.2}  ({} the 2x target)",
-        if r50 <= 2.0 && r99 <= 2.0 { "within" } else { "OUTSIDE" }
+        if r50 <= 2.0 && r99 <= 2.0 {
+            "within"
+        } else {
+            "OUTSIDE"
+        }
     );
     let statuses: BTreeMap<u16, usize> = flood.by_status.clone();
     println!(
@@ -246,8 +293,14 @@ async fn main() -> ExitCode {
         submitted_in.as_secs_f64(),
         all_done_in.as_secs_f64()
     );
-    println!("  agent RSS     peak {peak_mib:.1} MiB (bound {} MiB)", args.max_rss_mib);
-    println!("  audit         {audit_rows} rows; {}", verify_output.trim());
+    println!(
+        "  agent RSS     peak {peak_mib:.1} MiB (bound {} MiB)",
+        args.max_rss_mib
+    );
+    println!(
+        "  audit         {audit_rows} rows; {}",
+        verify_output.trim()
+    );
     let summary = json!({
         "jobs": accepted.len(), "jobs_per_second": accepted.len() as f64 / all_done_in.as_secs_f64(),
         "submit_p50_ms": ms(quiet_p50), "submit_p99_ms": ms(quiet_p99),

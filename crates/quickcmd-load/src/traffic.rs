@@ -48,7 +48,8 @@ pub(crate) async fn signed_phase(
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..connections {
-        let (base, controllers, phase) = (base.to_string(), controllers.to_vec(), phase.to_string());
+        let (base, controllers, phase) =
+            (base.to_string(), controllers.to_vec(), phase.to_string());
         let (record, next) = (record.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             let http = client();
@@ -60,7 +61,10 @@ pub(crate) async fn signed_phase(
                 }
                 let (controller_id, secret) = &controllers[n % controllers.len()];
                 let job_id = unique(&format!("load-{phase}"));
-                let body = signed_body(&payload(controller_id, &job_id, &format!("echo {job_id}")), secret);
+                let body = signed_body(
+                    &payload(controller_id, &job_id, &format!("echo {job_id}")),
+                    secret,
+                );
                 loop {
                     let started = Instant::now();
                     let sent = http
@@ -74,7 +78,8 @@ pub(crate) async fn signed_phase(
                         Ok(response) => response,
                         Err(error) => {
                             let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
-                            r.violations.push(format!("{job_id}: transport error {error}"));
+                            r.violations
+                                .push(format!("{job_id}: transport error {error}"));
                             break;
                         }
                     };
@@ -85,27 +90,32 @@ pub(crate) async fn signed_phase(
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok());
                     let text = response.text().await.unwrap_or_default();
-                    let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
-                    match (status, retry_after) {
-                        (202, _) => {
-                            r.latencies.push(elapsed);
-                            r.accepted.push(Accepted {
-                                job_id: job_id.clone(),
-                                controller_id: controller_id.clone(),
-                            });
-                            break;
+                    let backoff = {
+                        let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
+                        match (status, retry_after) {
+                            (202, _) => {
+                                r.latencies.push(elapsed);
+                                r.accepted.push(Accepted {
+                                    job_id: job_id.clone(),
+                                    controller_id: controller_id.clone(),
+                                });
+                                None
+                            }
+                            (429, Some(seconds)) if seconds >= 1 => {
+                                r.refused_429 += 1;
+                                Some(Duration::from_secs(seconds).min(MAX_BACKOFF))
+                            }
+                            _ => {
+                                r.violations.push(format!(
+                                    "{job_id}: {status} (Retry-After {retry_after:?}) {text}"
+                                ));
+                                None
+                            }
                         }
-                        (429, Some(seconds)) if seconds >= 1 => {
-                            r.refused_429 += 1;
-                            drop(r);
-                            tokio::time::sleep(Duration::from_secs(seconds).min(MAX_BACKOFF)).await;
-                        }
-                        _ => {
-                            r.violations.push(format!(
-                                "{job_id}: {status} (Retry-After {retry_after:?}) {text}"
-                            ));
-                            break;
-                        }
+                    };
+                    match backoff {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => break,
                     }
                 }
             }
@@ -114,7 +124,8 @@ pub(crate) async fn signed_phase(
     for worker in workers {
         if let Err(error) = worker.await {
             let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
-            r.violations.push(format!("a signed worker failed: {error}"));
+            r.violations
+                .push(format!("a signed worker failed: {error}"));
         }
     }
     Arc::try_unwrap(record)
@@ -176,7 +187,8 @@ pub(crate) async fn flood(base: String, connections: usize, stop: Arc<AtomicBool
                         let status = response.status().as_u16();
                         *r.by_status.entry(status).or_default() += 1;
                         if status != expected {
-                            r.violations.push(format!("garbage answered {status}, expected {expected}"));
+                            r.violations
+                                .push(format!("garbage answered {status}, expected {expected}"));
                         }
                     }
                     Err(_) if expected == 413 => {
@@ -186,7 +198,8 @@ pub(crate) async fn flood(base: String, connections: usize, stop: Arc<AtomicBool
                     }
                     Err(error) => {
                         r.transport_errors += 1;
-                        r.violations.push(format!("garbage ({expected}) transport error: {error}"));
+                        r.violations
+                            .push(format!("garbage ({expected}) transport error: {error}"));
                         drop(r);
                         http = client();
                     }

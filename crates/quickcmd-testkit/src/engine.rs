@@ -59,7 +59,13 @@ impl PrivateEngine {
     /// Whether the engine answers a ping.
     pub fn answers(&self) -> bool {
         Command::new("docker")
-            .args(["-H", &self.host(), "version", "--format", "{{.Server.Version}}"])
+            .args([
+                "-H",
+                &self.host(),
+                "version",
+                "--format",
+                "{{.Server.Version}}",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -68,7 +74,10 @@ impl PrivateEngine {
 
     /// Starts `dockerd` (again) on the same directories; returns once it answers.
     pub fn resume(&mut self) {
-        assert!(self.child.is_none(), "the private engine is already running");
+        assert!(
+            self.child.is_none(),
+            "the private engine is already running"
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -77,7 +86,10 @@ impl PrivateEngine {
         let child = Command::new("dockerd")
             .arg(format!("--host={}", self.host()))
             .arg(format!("--data-root={}", self.data_root.display()))
-            .arg(format!("--exec-root={}", self.run_dir.join("exec").display()))
+            .arg(format!(
+                "--exec-root={}",
+                self.run_dir.join("exec").display()
+            ))
             .arg(format!(
                 "--pidfile={}",
                 self.run_dir.join("docker.pid").display()
