@@ -33,16 +33,18 @@ impl PrivateEngine {
         };
         std::fs::create_dir_all(&engine.run_dir).expect("create the private engine's run dir");
         engine.resume();
-        let save = Command::new("docker")
+        let mut save = Command::new("docker")
             .args(["save", IMAGE])
             .stdout(Stdio::piped())
             .spawn()
             .expect("run docker save");
         let load = Command::new("docker")
             .args(["-H", &engine.host(), "load"])
-            .stdin(save.stdout.expect("docker save stdout"))
+            .stdin(save.stdout.take().expect("docker save stdout"))
             .output()
             .expect("run docker load");
+        let saved = save.wait().expect("wait for docker save");
+        assert!(saved.success(), "docker save {IMAGE} failed ({saved})");
         assert!(
             load.status.success(),
             "loading {IMAGE} into the private engine failed: {}",
