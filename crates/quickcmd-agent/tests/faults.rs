@@ -155,6 +155,24 @@ async fn docker_engine_stopping_mid_job_ends_jobs_as_sandbox_errors_and_health_r
         (view.status, result.stdout.as_str()),
         (JobStatus::Completed, "back\n")
     );
+    // Nothing of the interrupted jobs is left in the engine once it is back.
+    let filter = format!("label=quickcmd.agent={}", agent.agent_id);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let listed = Command::new("docker")
+            .args(["-H", &engine.host(), "ps", "-aq", "--filter", &filter])
+            .output()
+            .expect("docker ps on the private engine");
+        let left = String::from_utf8_lossy(&listed.stdout).trim().to_string();
+        if listed.status.success() && left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containers of the interrupted jobs are left in the engine: {left}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_chain_intact(&agent);
     drop(agent);
     drop(engine);

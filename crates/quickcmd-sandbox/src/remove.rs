@@ -102,6 +102,17 @@ impl Drop for ContainerGuard {
 }
 
 impl DockerSandbox {
+    /// Force-removes one container a job ran in; one already gone counts as removed. For
+    /// a container the engine kept while it was unreachable (a job that ended in a sandbox
+    /// error), once it answers again.
+    pub async fn remove_job_container(
+        &self,
+        container_id: &str,
+        job_id: &str,
+    ) -> Result<(), SandboxError> {
+        remove_container(&self.docker, container_id, job_id).await
+    }
+
     /// Force-removes every container labelled `quickcmd.agent=<agent_id>` (running or not)
     /// and returns how many were removed. Meant for agent start, when nothing of that agent
     /// can still be running legitimately.

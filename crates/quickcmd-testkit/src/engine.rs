@@ -1,6 +1,11 @@
 //! A private Docker engine for fault tests that stop and start it: its own socket, data
-//! root, exec root (so its own containerd) and pid file, no bridge and no iptables rules, so
-//! it touches nothing of the shared engine other tests use. Needs root and `dockerd`.
+//! root, exec root (so its own containerd), pid file and network namespace, no bridge and
+//! no iptables rules, so it touches nothing of the shared engine other tests use. Needs
+//! root, `dockerd` and `unshare` (util-linux).
+//!
+//! The network namespace matters: `dockerd --bridge=none` deletes any `docker0` interface
+//! it sees at start, and in the host's namespace that is the shared engine's bridge (every
+//! `network: true` sandbox of every other test then fails to start).
 //!
 //! Dropping a [`PrivateEngine`] stops it, unmounts whatever it left mounted and removes its
 //! directories.
@@ -85,7 +90,10 @@ impl PrivateEngine {
             .append(true)
             .open(self.run_dir.join("dockerd.log"))
             .expect("open the private engine's log");
-        let child = Command::new("dockerd")
+        // In a network namespace of its own: a `dockerd --bridge=none` deletes the host's
+        // `docker0` at start, which would cut the shared engine's bridged containers off.
+        let child = Command::new("unshare")
+            .args(["--net", "--", "dockerd"])
             .arg(format!("--host={}", self.host()))
             .arg(format!("--data-root={}", self.data_root.display()))
             .arg(format!(
@@ -107,7 +115,9 @@ impl PrivateEngine {
             .stdout(Stdio::from(log.try_clone().expect("clone log handle")))
             .stderr(Stdio::from(log))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run dockerd for a private engine: {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run `unshare --net dockerd` for a private engine: {e}")
+            });
         self.child = Some(child);
         let deadline = Instant::now() + PATIENCE;
         while !self.answers() {
