@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SANDBOX_IMAGE ?= quickcmd-sandbox:latest
 
-.PHONY: all toolchain build-agent build test test-api demo dev-agent install deb test-install bench lint deny fuzz fmt clean
+.PHONY: all toolchain build-agent build test test-api load demo dev-agent install deb test-install bench lint deny fuzz fmt clean
 
 all: build
 
@@ -37,6 +37,21 @@ test-api: toolchain
 	bash scripts/ensure-docker.sh
 	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
 	SCHEMATHESIS_MAX_EXAMPLES=$(SCHEMATHESIS_MAX_EXAMPLES) bash tests/api/schemathesis.sh
+
+# Load (crates/quickcmd-load): 2,000 signed jobs over 64 connections against a real agent
+# (max_concurrent_jobs 8, bounded queue, real Docker), half of them beside a flood of
+# unauthenticated garbage. Prints jobs/s, submit p50/p99 with and without the flood, peak
+# RSS; exits 1 on any broken invariant (lost job, refusal other than 429 + Retry-After, 5xx,
+# RSS over bound, audit chain). Short form: `make load LOAD_ARGS=--quick` (200 jobs);
+# `LOAD_PROFILE=dev` reuses the debug build `make test` made.
+LOAD_ARGS ?=
+LOAD_PROFILE ?= release
+LOAD_DIR = $(if $(filter dev,$(LOAD_PROFILE)),debug,$(LOAD_PROFILE))
+load: toolchain
+	bash scripts/ensure-docker.sh
+	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
+	$(CARGO) build --locked --profile $(LOAD_PROFILE) -p quickcmd-agent -p quickcmd-load
+	target/$(LOAD_DIR)/quickcmd-load $(LOAD_ARGS)
 
 demo: build
 	bash scripts/ensure-docker.sh

@@ -76,6 +76,32 @@ pub(crate) trait SqliteHandle: Clone + Send + Sync + 'static {
     }
 }
 
+/// Whether a failure comes from a full disk: SQLite's `SQLITE_FULL`, or `ENOSPC` anywhere
+/// in the chain of sources.
+pub(crate) fn is_disk_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    let sqlite_full = |e: &rusqlite::Error| matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull);
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(e) = error.downcast_ref::<rusqlite::Error>() {
+            if sqlite_full(e) {
+                return true;
+            }
+        }
+        if let Some(e) = error.downcast_ref::<Box<rusqlite::Error>>() {
+            if sqlite_full(e) {
+                return true;
+            }
+        }
+        if let Some(e) = error.downcast_ref::<io::Error>() {
+            if e.kind() == io::ErrorKind::StorageFull {
+                return true;
+            }
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// ` for job <id>` in error messages, or nothing.
 pub(crate) fn for_job(job_id: &Option<String>) -> String {
     job_id

@@ -85,15 +85,19 @@ async fn counter(agent: &TestAgent, name: &str) -> f64 {
     metric(&agent.metrics().await, name).unwrap_or(0.0)
 }
 
+/// Idle connections a slowloris holds at once (issue 8: "500 idle connections").
+const SLOWLORIS_CONNECTIONS: usize = 500;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn half_sent_headers_are_closed_by_the_header_timeout_while_health_answers() {
+async fn slowloris_half_sent_headers_are_closed_by_the_header_timeout_while_requests_succeed() {
+    // Long enough that every connection is still held while the normal requests run.
     let agent = TestAgent::start(
         "half-headers",
-        Config::default().set("header_read_timeout_seconds", json!(5)),
+        Config::default().set("header_read_timeout_seconds", json!(20)),
     );
     let connector = connector(&agent);
     let mut held = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..SLOWLORIS_CONNECTIONS {
         let mut tls = open_tls(&agent, &connector).await;
         tls.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: ")
             .await
@@ -101,8 +105,19 @@ async fn half_sent_headers_are_closed_by_the_header_timeout_while_health_answers
         tls.flush().await.expect("flush");
         held.push(tls);
     }
+    let open = counter(&agent, "quickcmd_agent_connections_open").await;
+    // While they are all held: health, a signed submission, its run and a signed read.
     let health = agent.request(reqwest::Method::GET, "/health", None).await;
     assert_eq!(health.status, 200, "{}", health.text);
+    let job_id = unique("served");
+    agent.submit("ctl-a", &job_id, "echo served").await;
+    let view = agent.wait_final("ctl-a", &job_id).await;
+    assert_eq!(view.result.expect("result").stdout, "served\n");
+    let still_open = counter(&agent, "quickcmd_agent_connections_open").await;
+    assert!(
+        open > SLOWLORIS_CONNECTIONS as f64 && still_open > 0.0,
+        "the idle connections were not all held at once ({open} open)"
+    );
 
     let answers = futures_util::future::join_all(held.into_iter().map(read_until_closed)).await;
     for answer in answers {
@@ -117,7 +132,10 @@ async fn half_sent_headers_are_closed_by_the_header_timeout_while_health_answers
         "quickcmd_agent_connections_timed_out_total{reason=\"header\"}",
     )
     .await;
-    assert!(timed_out >= 200.0, "header timeouts counted: {timed_out}");
+    assert!(
+        timed_out >= SLOWLORIS_CONNECTIONS as f64,
+        "header timeouts counted: {timed_out}"
+    );
     // Only the harness's own connection is left.
     assert!(counter(&agent, "quickcmd_agent_connections_open").await <= 2.0);
 }
@@ -229,8 +247,13 @@ async fn connections_over_the_cap_are_closed_while_the_open_ones_are_served() {
     open_tls(&agent, &connector).await;
 }
 
+/// Output of the job whose subscriber never reads (issue 8: "a job prints 200 MB").
+const NEVER_READ_BYTES: u64 = 200_000_000;
+/// How much the agent's RSS may grow meanwhile: bounded by buffers, not by the output.
+const RSS_GROWTH_BOUND_KIB: u64 = 100 * 1024;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn subscriber_that_never_reads_is_dropped_and_the_job_ends() {
+async fn subscriber_that_never_reads_200_mb_is_dropped_while_the_agent_stays_bounded() {
     let agent = TestAgent::start(
         "ws-stuck",
         Config::default().set("stream_send_timeout_seconds", json!(1)),
@@ -241,11 +264,42 @@ async fn subscriber_that_never_reads_is_dropped_and_the_job_ends() {
         .submit(
             "ctl-a",
             &job_id,
-            "sleep 2; head -c 40000000 /dev/zero | tr '\\0' x",
+            &format!("sleep 2; head -c {NEVER_READ_BYTES} /dev/zero | tr '\\0' x"),
         )
         .await;
     let mut ws = agent.subscribe("ctl-a", &job_id, None).await;
-    agent.wait_final("ctl-a", &job_id).await;
+    // While the job prints: the agent answers others, and its memory stays bounded.
+    let baseline_kib = agent.rss_kib();
+    let mut peak_kib = baseline_kib;
+    let mut health_answers = 0;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        peak_kib = peak_kib.max(agent.rss_kib());
+        let health = agent.request(reqwest::Method::GET, "/health", None).await;
+        assert_eq!(health.status, 200, "{}", health.text);
+        health_answers += 1;
+        if agent.view("ctl-a", &job_id).await.status.is_final() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = agent.wait_final("ctl-a", &job_id).await;
+    let result = view.result.expect("a final job has a result");
+    assert_eq!(
+        view.status,
+        quickcmd_protocol::JobStatus::Completed,
+        "{result:?}"
+    );
+    assert!(
+        peak_kib < baseline_kib + RSS_GROWTH_BOUND_KIB,
+        "agent RSS grew from {baseline_kib} KiB to {peak_kib} KiB while a job printed \
+         {NEVER_READ_BYTES} bytes to a subscriber that never reads"
+    );
+    eprintln!(
+        "never-reading subscriber: {NEVER_READ_BYTES} bytes, agent RSS {baseline_kib} -> peak \
+         {peak_kib} KiB, {health_answers} health answers meanwhile"
+    );
     let deadline = Instant::now() + PATIENCE;
     while counter(
         &agent,

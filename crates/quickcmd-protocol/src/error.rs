@@ -25,6 +25,7 @@ pub enum ErrorCode {
     JobNotFound,
     JobAlreadyFinished,
     AuditUnavailable,
+    StorageFull,
     ShuttingDown,
     NotFound,
     MethodNotAllowed,
@@ -33,7 +34,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and metrics.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::PayloadTooLarge,
         ErrorCode::InvalidJson,
         ErrorCode::InvalidPayload,
@@ -53,6 +54,7 @@ impl ErrorCode {
         ErrorCode::JobNotFound,
         ErrorCode::JobAlreadyFinished,
         ErrorCode::AuditUnavailable,
+        ErrorCode::StorageFull,
         ErrorCode::ShuttingDown,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
@@ -80,6 +82,7 @@ impl ErrorCode {
             ErrorCode::JobNotFound => "JOB_NOT_FOUND",
             ErrorCode::JobAlreadyFinished => "JOB_ALREADY_FINISHED",
             ErrorCode::AuditUnavailable => "AUDIT_UNAVAILABLE",
+            ErrorCode::StorageFull => "STORAGE_FULL",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -110,6 +113,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::AuditUnavailable | ErrorCode::Internal => 500,
             ErrorCode::ShuttingDown => 503,
+            // 507 Insufficient Storage (RFC 4918): the agent's disk is full; retry later.
+            ErrorCode::StorageFull => 507,
         }
     }
 

@@ -8,7 +8,7 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOpt
 use bollard::Docker;
 
 use crate::client::DockerSandbox;
-use crate::create::{LABEL_AGENT, LABEL_MANAGED};
+use crate::create::{LABEL_AGENT, LABEL_JOB, LABEL_MANAGED};
 use crate::error::{engine_message, engine_status, SandboxError};
 
 /// A failed removal is retried this many times in all before `run` reports it.
@@ -102,21 +102,43 @@ impl Drop for ContainerGuard {
 }
 
 impl DockerSandbox {
+    /// Force-removes every container of one job of this agent (labels `quickcmd.agent`
+    /// and `quickcmd.job`), running or not, created or started. For what the engine kept
+    /// of a job that ended in a sandbox error while it was unreachable, once it answers
+    /// again.
+    pub async fn remove_job_containers(
+        &self,
+        agent_id: &str,
+        job_id: &str,
+    ) -> Result<usize, SandboxError> {
+        self.remove_labelled(agent_id, Some(job_id)).await
+    }
+
     /// Force-removes every container labelled `quickcmd.agent=<agent_id>` (running or not)
     /// and returns how many were removed. Meant for agent start, when nothing of that agent
     /// can still be running legitimately.
     pub async fn remove_agent_containers(&self, agent_id: &str) -> Result<usize, SandboxError> {
+        self.remove_labelled(agent_id, None).await
+    }
+
+    /// Removes the managed containers of `agent_id` (of one job only, if given).
+    async fn remove_labelled(
+        &self,
+        agent_id: &str,
+        job_id: Option<&str>,
+    ) -> Result<usize, SandboxError> {
         let cleanup_error = |message: String| SandboxError::Cleanup {
             agent_id: agent_id.to_owned(),
             message,
         };
-        let filters = HashMap::from([(
-            "label",
-            vec![
-                format!("{LABEL_AGENT}={agent_id}"),
-                format!("{LABEL_MANAGED}=true"),
-            ],
-        )]);
+        let mut labels = vec![
+            format!("{LABEL_AGENT}={agent_id}"),
+            format!("{LABEL_MANAGED}=true"),
+        ];
+        if let Some(job_id) = job_id {
+            labels.push(format!("{LABEL_JOB}={job_id}"));
+        }
+        let filters = HashMap::from([("label", labels)]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -139,7 +161,9 @@ impl DockerSandbox {
             }
         }
         if failures.is_empty() {
-            tracing::info!(agent_id, removed, "removed leftover containers");
+            if removed > 0 {
+                tracing::info!(agent_id, job_id, removed, "removed leftover containers");
+            }
             Ok(removed)
         } else {
             Err(cleanup_error(format!(

@@ -16,6 +16,8 @@
 //!   certificate made elsewhere (`quickcmd agent gen-cert`).
 //! - [`docker`] — [`ensure_docker`] (fails, never skips; builds the sandbox image if absent)
 //!   and [`containers`] (ids of containers matching a label filter).
+//! - [`engine`] — [`PrivateEngine`], a `dockerd` of the test's own that it may stop and
+//!   start (the shared engine is never stopped).
 //! - [`http`] — payloads and signed bodies, `POST /api/v1/jobs`, signed reads, polling a job to
 //!   a state, `/metrics`; [`Reply`] keeps an answer as text with `assert_error` /
 //!   `assert_accepted`.
@@ -38,6 +40,7 @@ pub mod audit;
 pub mod config;
 pub mod controller;
 pub mod docker;
+pub mod engine;
 pub mod http;
 pub mod process;
 pub mod proxy;
@@ -52,8 +55,9 @@ pub use controller::{
     gen_key, json_lines, show, text, write_secret, AgentSpec, Controller, Entry, Grant, CONTROLLER,
 };
 pub use docker::{containers, ensure_docker};
+pub use engine::PrivateEngine;
 pub use http::{body_from, metric, object, payload, replace_once, signed_body, Reply};
-pub use process::{agent_bin, eventually, quickcmd_bin, run_bounded, TestAgent};
+pub use process::{agent_bin, eventually, quickcmd_bin, rss_kib, run_bounded, TestAgent};
 pub use proxy::CutProxy;
 pub use tls::TlsFiles;
 pub use ws::{next_frame, read_to_close, Transcript, Ws};

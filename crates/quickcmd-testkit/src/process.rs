@@ -420,3 +420,22 @@ pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Resident memory of a process in KiB (`VmRSS` in `/proc/<pid>/status`); `None` once it
+/// is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+impl TestAgent {
+    /// The agent's resident memory in KiB, now.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().as_raw() as u32;
+        rss_kib(pid).unwrap_or_else(|| panic!("no VmRSS for the agent (pid {pid})"))
+    }
+}

@@ -71,7 +71,8 @@ pub(crate) enum Refused {
     Store(StoreError),
     /// The acceptance row could not be written to the audit log, so nothing was accepted.
     /// Already logged; not audited again (the log is what failed) and not counted.
-    AuditUnavailable,
+    /// `disk_full`: the write failed for want of space (answered 507 `STORAGE_FULL`).
+    AuditUnavailable { disk_full: bool },
 }
 
 impl From<Refusal> for Refused {
@@ -270,7 +271,8 @@ async fn accept(
         .await
     {
         tracing::error!(job_id = %payload.job_id, %error, "audit write failed; job refused");
-        return Err(Refused::AuditUnavailable);
+        let disk_full = crate::db::is_disk_full(&error);
+        return Err(Refused::AuditUnavailable { disk_full });
     }
     let sandbox_json = serde_json::to_string(&sandbox).ok();
     let new_job = signed.new_job(JobStatus::Pending, sandbox_json, None);

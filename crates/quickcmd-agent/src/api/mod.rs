@@ -92,11 +92,28 @@ impl ApiError {
     }
 }
 
+/// How long a client should wait before retrying on a full disk.
+const STORAGE_FULL_RETRY_SECONDS: u64 = 60;
+
+/// 507 `STORAGE_FULL`: what a full data directory answers, whichever database hit it.
+fn storage_full() -> ApiError {
+    ApiError {
+        retry_after_seconds: Some(STORAGE_FULL_RETRY_SECONDS),
+        ..ApiError::new(
+            ErrorCode::StorageFull,
+            "the agent's disk is full, so no job is accepted; retry later (operator: free space in data_dir)",
+        )
+    }
+}
+
 /// The one place a job-store failure becomes an answer: logged in full, answered 500
-/// without the SQL details.
+/// without the SQL details (507 when the disk is full).
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         tracing::error!(%error, "job store error");
+        if crate::db::is_disk_full(&error) {
+            return storage_full();
+        }
         ApiError::new(
             ErrorCode::Internal,
             "the agent could not read or write its job store; see the agent log",
@@ -120,7 +137,8 @@ impl From<Refused> for ApiError {
         match refused {
             Refused::Check(refusal) => refusal.into(),
             Refused::Store(error) => error.into(),
-            Refused::AuditUnavailable => ApiError::new(
+            Refused::AuditUnavailable { disk_full: true } => storage_full(),
+            Refused::AuditUnavailable { disk_full: false } => ApiError::new(
                 ErrorCode::AuditUnavailable,
                 "the audit log cannot be written, so no job is accepted",
             ),

@@ -52,7 +52,7 @@ pub(super) async fn submit(
         )
             .into_response(),
         // Nothing to audit it in: answered, not audited nor counted.
-        Err(refused @ Refused::AuditUnavailable) => ApiError::from(refused).into_response(),
+        Err(refused @ Refused::AuditUnavailable { .. }) => ApiError::from(refused).into_response(),
         Err(refused) => refuse(&agent, &attempt, refused.into()).await,
     }
 }

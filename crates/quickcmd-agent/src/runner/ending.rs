@@ -143,8 +143,40 @@ pub(super) async fn flush(agent: &Agent, job_id: &str, live: &LiveJob) {
     }
 }
 
+/// How often, and for how long, the container of a job that ended in a sandbox error is
+/// tried again: the engine may have been away, and kept it.
+const LEFTOVER_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const LEFTOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A job that ended in a sandbox error may have left a container (created, or started) in
+/// an engine that was unreachable (stopped, restarting) when the sandbox tried to remove
+/// it: remove every container labelled with the job once the engine answers again, so
+/// nothing of the job outlives it.
+fn remove_leftover_containers(agent: &Agent, job_id: &str, end: &JobEnd) {
+    if end.reason != Some(reason::SANDBOX_ERROR) {
+        return;
+    }
+    let sandbox = agent.sandbox.clone();
+    let agent_id = agent.config().agent_id.clone();
+    let job_id = job_id.to_string();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + LEFTOVER_RETRY_FOR;
+        while tokio::time::Instant::now() < deadline {
+            match sandbox.remove_job_containers(&agent_id, &job_id).await {
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::debug!(%job_id, %error, "leftover containers not removed yet")
+                }
+            }
+            tokio::time::sleep(LEFTOVER_RETRY_EVERY).await;
+        }
+        tracing::error!(%job_id, "gave up removing the containers of a job that ended in a sandbox error");
+    });
+}
+
 /// Writes the end: frames, stored result, audit row, final frame, metrics, log line.
 pub(super) async fn finish(agent: &Agent, job: &QueuedJob, live: &LiveJob, end: JobEnd) {
+    remove_leftover_containers(agent, &job.job_id, &end);
     flush(agent, &job.job_id, live).await;
     let (rest, stdout, stderr) = live.stream.finish_output();
     if !rest.is_empty() {

@@ -1,0 +1,216 @@
+//! The two kinds of traffic: signed submissions (one worker per connection, each with a
+//! client of its own) and the unauthenticated flood. Both record every answer; nothing here
+//! judges, `main` does.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quickcmd_testkit::{payload, signed_body, unique};
+
+/// The longest a refused worker waits before trying again, whatever `Retry-After` says (the
+/// load must keep the queue full to test its bound).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A signed job that got its 202.
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    pub(crate) job_id: String,
+    pub(crate) controller_id: String,
+}
+
+/// What the signed workers saw.
+#[derive(Debug, Default)]
+pub(crate) struct SignedRecord {
+    /// Round-trip times of the submissions that were answered 202.
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) accepted: Vec<Accepted>,
+    pub(crate) refused_429: usize,
+    /// Violations: anything but 202 or 429 + `Retry-After`, and transport errors.
+    pub(crate) violations: Vec<String>,
+}
+
+/// One client per connection: its pool keeps one HTTP/1.1 connection to the agent.
+fn client() -> reqwest::Client {
+    quickcmd_testkit::tls::http_client()
+}
+
+/// Submits `jobs` signed jobs over `connections` connections; a 429 is retried (same job)
+/// after `Retry-After`, capped at [`MAX_BACKOFF`].
+pub(crate) async fn signed_phase(
+    base: &str,
+    controllers: &[(String, String)],
+    phase: &str,
+    jobs: usize,
+    connections: usize,
+) -> SignedRecord {
+    let record = Arc::new(Mutex::new(SignedRecord::default()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let (base, controllers, phase) =
+            (base.to_string(), controllers.to_vec(), phase.to_string());
+        let (record, next) = (record.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let http = client();
+            let url = format!("{base}/api/v1/jobs");
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= jobs {
+                    return;
+                }
+                let (controller_id, secret) = &controllers[n % controllers.len()];
+                let job_id = unique(&format!("load-{phase}"));
+                let body = signed_body(
+                    &payload(controller_id, &job_id, &format!("echo {job_id}")),
+                    secret,
+                );
+                loop {
+                    let started = Instant::now();
+                    let sent = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let elapsed = started.elapsed();
+                    let response = match sent {
+                        Ok(response) => response,
+                        Err(error) => {
+                            let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
+                            r.violations
+                                .push(format!("{job_id}: transport error {error}"));
+                            break;
+                        }
+                    };
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let text = response.text().await.unwrap_or_default();
+                    let backoff = {
+                        let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
+                        match (status, retry_after) {
+                            (202, _) => {
+                                r.latencies.push(elapsed);
+                                r.accepted.push(Accepted {
+                                    job_id: job_id.clone(),
+                                    controller_id: controller_id.clone(),
+                                });
+                                None
+                            }
+                            (429, Some(seconds)) if seconds >= 1 => {
+                                r.refused_429 += 1;
+                                Some(Duration::from_secs(seconds).min(MAX_BACKOFF))
+                            }
+                            _ => {
+                                r.violations.push(format!(
+                                    "{job_id}: {status} (Retry-After {retry_after:?}) {text}"
+                                ));
+                                None
+                            }
+                        }
+                    };
+                    match backoff {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => break,
+                    }
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        if let Err(error) = worker.await {
+            let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
+            r.violations
+                .push(format!("a signed worker failed: {error}"));
+        }
+    }
+    Arc::try_unwrap(record)
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .unwrap_or_default()
+}
+
+/// What the flood saw.
+#[derive(Debug, Default)]
+pub(crate) struct FloodRecord {
+    pub(crate) sent: usize,
+    /// Answers by status.
+    pub(crate) by_status: std::collections::BTreeMap<u16, usize>,
+    /// Transport errors (a refused oversize body may be cut off while it is being sent).
+    pub(crate) transport_errors: usize,
+    pub(crate) violations: Vec<String>,
+}
+
+/// Three kinds of unauthenticated garbage, in turn: a well-formed body signed by a
+/// controller the agent does not know, bytes that are not JSON, a body over 1 MiB.
+fn garbage(n: usize) -> (Vec<u8>, u16) {
+    match n % 3 {
+        0 => {
+            let job_id = unique("intruder");
+            let body = signed_body(
+                &payload("intruder", &job_id, "cat /etc/shadow"),
+                "not-the-secret",
+            );
+            (body.into_bytes(), 403)
+        }
+        1 => (b"{\"payload\": {\"job_id\": [unterminated".to_vec(), 400),
+        _ => (vec![b'x'; 1024 * 1024 + 1], 413),
+    }
+}
+
+/// Sends garbage over `connections` connections until `stop` is set.
+pub(crate) async fn flood(base: String, connections: usize, stop: Arc<AtomicBool>) -> FloodRecord {
+    let record = Arc::new(Mutex::new(FloodRecord::default()));
+    let mut tasks = Vec::new();
+    for worker in 0..connections {
+        let (base, stop, record) = (base.clone(), stop.clone(), record.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut http = client();
+            let url = format!("{base}/api/v1/jobs");
+            let mut n = worker;
+            while !stop.load(Ordering::Relaxed) {
+                let (body, expected) = garbage(n);
+                n += 1;
+                let sent = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
+                r.sent += 1;
+                match sent {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        *r.by_status.entry(status).or_default() += 1;
+                        if status != expected {
+                            r.violations
+                                .push(format!("garbage answered {status}, expected {expected}"));
+                        }
+                    }
+                    Err(_) if expected == 413 => {
+                        r.transport_errors += 1;
+                        drop(r);
+                        http = client();
+                    }
+                    Err(error) => {
+                        r.transport_errors += 1;
+                        r.violations
+                            .push(format!("garbage ({expected}) transport error: {error}"));
+                        drop(r);
+                        http = client();
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    Arc::try_unwrap(record)
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .unwrap_or_default()
+}
