@@ -70,7 +70,7 @@ pub(super) fn authenticate(
         return Err(unauthorized(agent, "no Authorization header (QuickCMD-HMAC-SHA256 controller_id=..,timestamp=..,signature=..)"));
     };
     let now = clock::now_unix();
-    if (credentials.timestamp - now).abs() > config.clock_skew_seconds {
+    if !credentials.within_clock_window(now, config.clock_skew_seconds) {
         return Err(unauthorized(
             agent,
             "timestamp is outside the agent's clock window",

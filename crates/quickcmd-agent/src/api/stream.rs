@@ -247,7 +247,13 @@ async fn replay_stored(
         // or ends; the client reconnects with `since`.
         return close(socket, 1013, "job state is changing; reconnect with since").await;
     }
-    let last = final_frame(job_id, last_seq + 1, status, exit_code, ended_ms);
+    let last = final_frame(
+        job_id,
+        last_seq.saturating_add(1),
+        status,
+        exit_code,
+        ended_ms,
+    );
     if last.seq > since && send_timed(agent, &mut socket, text(&last)).await.is_err() {
         return;
     }
