@@ -31,7 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quickcmd_protocol::{
-    is_valid_job_id, Health, JobList, JobResult, JobStatus, JobView, ReadAuth, SubmitResponse,
+    is_valid_job_id, Encoding, Health, JobList, JobResult, JobStatus, JobView, ReadAuth,
+    SubmitResponse, WhoAmI,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
@@ -122,6 +123,8 @@ struct Inner {
     http: reqwest::Client,
     ws_tls: Arc<rustls::ClientConfig>,
     options: ClientOptions,
+    /// How this agent can carry output, once asked ([`Client::output_encoding`]).
+    output_encoding: tokio::sync::OnceCell<Encoding>,
 }
 
 impl Client {
@@ -153,6 +156,7 @@ impl Client {
                 http,
                 ws_tls: tls_config,
                 options,
+                output_encoding: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -207,13 +211,49 @@ impl Client {
         expect_json(answer, &[200, 201, 202])
     }
 
-    /// `GET /api/v1/jobs/:id`.
+    /// `GET /api/v1/jobs/:id`, output as text.
     pub async fn status(&self, job_id: &str) -> Result<JobView, ClientError> {
+        self.status_in(job_id, Encoding::Text).await
+    }
+
+    /// `GET /api/v1/jobs/:id?encoding=`: the result's `stdout`/`stderr` in `encoding`
+    /// (base64 only from a v1.1 agent: see [`Client::output_encoding`]).
+    pub async fn status_in(
+        &self,
+        job_id: &str,
+        encoding: Encoding,
+    ) -> Result<JobView, ClientError> {
         let path = job_path(job_id)?;
+        let query = (encoding != Encoding::Text).then(|| format!("encoding={encoding}"));
         let answer = self
-            .read(Method::GET, &path, None, "reading job status")
+            .read(Method::GET, &path, query.as_deref(), "reading job status")
             .await?;
         expect_json(answer, &[200])
+    }
+
+    /// `GET /api/v1/whoami` (v1.1): whom the agent takes us for; a 401 means our secret
+    /// (or controller id) is not the one the agent has, a 404 an agent older than v1.1.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        let answer = self
+            .read(Method::GET, "/api/v1/whoami", None, "checking the secret")
+            .await?;
+        expect_json(answer, &[200])
+    }
+
+    /// The encoding that carries this agent's output exactly: base64 from a v1.1 agent
+    /// (one that answers `whoami`), text from an older one. Asked once per client; an
+    /// answer that says neither (unreachable, 401) gives text and is asked again next time.
+    pub async fn output_encoding(&self) -> Encoding {
+        if let Some(encoding) = self.inner.output_encoding.get() {
+            return *encoding;
+        }
+        let encoding = match self.whoami().await {
+            Ok(_) => Encoding::Base64,
+            Err(error) if error.status() == Some(404) => Encoding::Text,
+            Err(_) => return Encoding::Text,
+        };
+        let _ = self.inner.output_encoding.set(encoding);
+        encoding
     }
 
     /// `GET /api/v1/jobs?status=&limit=`: this controller's jobs, newest first.
@@ -285,9 +325,15 @@ impl Client {
     }
 
     /// Follows the job's log frames from after `since` (0 = from the start), reconnecting
-    /// with `?since=` when the connection drops.
+    /// with `?since=` when the connection drops. Frame `data` is text.
     pub fn stream(&self, job_id: &str, since: u64) -> LogStream {
-        LogStream::new(self.clone(), job_id.to_string(), since)
+        LogStream::new(self.clone(), job_id.to_string(), since, Encoding::Text)
+    }
+
+    /// [`Client::stream`] with frame `data` in `encoding` (base64 only from a v1.1 agent:
+    /// see [`Client::output_encoding`]); [`LogStream::bytes`] reads it back.
+    pub fn stream_in(&self, job_id: &str, since: u64, encoding: Encoding) -> LogStream {
+        LogStream::new(self.clone(), job_id.to_string(), since, encoding)
     }
 
     /// Polls until the job has ended and returns its result; gives up after `limit`.
@@ -296,10 +342,20 @@ impl Client {
         job_id: &str,
         limit: Option<Duration>,
     ) -> Result<JobResult, ClientError> {
+        self.wait_in(job_id, limit, Encoding::Text).await
+    }
+
+    /// [`Client::wait`], the result's output in `encoding`.
+    pub async fn wait_in(
+        &self,
+        job_id: &str,
+        limit: Option<Duration>,
+        encoding: Encoding,
+    ) -> Result<JobResult, ClientError> {
         let started = Instant::now();
         let mut interval = self.inner.options.poll_interval;
         loop {
-            let view = self.status(job_id).await?;
+            let view = self.status_in(job_id, encoding).await?;
             if view.status.is_final() {
                 return Ok(result_of(view));
             }

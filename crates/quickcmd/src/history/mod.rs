@@ -12,7 +12,7 @@ mod user;
 
 use serde::Serialize;
 use sql::{open_blocking, row_from_sql, COLUMNS};
-pub use user::local_user;
+pub use user::{default_requested_by, local_user};
 
 /// Why the history could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,8 @@ pub struct NewRun {
     /// SHA-256 of the signed payload bytes; with `signature`, proof of what was sent.
     pub payload_sha256: String,
     pub signature: String,
+    /// Who the job was signed for (v1.1 `requested_by`).
+    pub requested_by: Option<String>,
 }
 
 /// What became of a submission.
@@ -103,6 +105,8 @@ pub struct HistoryRow {
     pub stdout_sha256: Option<String>,
     pub stderr_sha256: Option<String>,
     pub updated_at: String,
+    /// Who the job was signed for; `None` in rows written before it was recorded.
+    pub requested_by: Option<String>,
 }
 
 /// Which rows `query` returns, newest first.
@@ -178,8 +182,9 @@ impl History {
             let now = now_rfc3339();
             connection.execute(
                 "INSERT INTO runs (job_id, agent, agent_url, controller_id, user, command, \
-                 prompt, payload_sha256, signature, submitted_at, status, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'submitting', ?10)",
+                 prompt, payload_sha256, signature, submitted_at, status, updated_at, \
+                 requested_by) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'submitting', ?10, ?11)",
                 params![
                     run.job_id,
                     run.agent,
@@ -190,7 +195,8 @@ impl History {
                     run.prompt,
                     run.payload_sha256,
                     run.signature,
-                    now
+                    now,
+                    run.requested_by
                 ],
             )?;
             Ok(())
@@ -292,7 +298,57 @@ mod tests {
             prompt: "say hi".into(),
             payload_sha256: "ab".into(),
             signature: "cd".into(),
+            requested_by: Some("alice@laptop".into()),
         }
+    }
+
+    #[tokio::test]
+    async fn a_history_without_requested_by_gains_the_column_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.db");
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch(
+                "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, \
+                 agent TEXT NOT NULL, agent_url TEXT NOT NULL, controller_id TEXT NOT NULL, \
+                 user TEXT NOT NULL, command TEXT NOT NULL, prompt TEXT NOT NULL, \
+                 payload_sha256 TEXT NOT NULL, signature TEXT NOT NULL, submitted_at TEXT NOT NULL, \
+                 status TEXT NOT NULL, exit_code INTEGER, reason TEXT, error TEXT, started_at TEXT, \
+                 ended_at TEXT, duration_ms INTEGER, stdout_bytes INTEGER, stderr_bytes INTEGER, \
+                 stdout_sha256 TEXT, stderr_sha256 TEXT, updated_at TEXT NOT NULL, \
+                 UNIQUE (job_id, agent_url)); \
+                 INSERT INTO runs (job_id, agent, agent_url, controller_id, user, command, prompt, \
+                 payload_sha256, signature, submitted_at, status, updated_at) VALUES ('old', 'a', \
+                 'https://a/', 'c', 'bob', 'true', 'true', 'ab', 'cd', '2024-01-01T00:00:00Z', \
+                 'completed', '2024-01-01T00:00:00Z'); PRAGMA user_version = 1;",
+            )
+            .expect("an older history");
+        }
+        for _ in 0..2 {
+            let history = History::open(&path).await.expect("open migrates, twice");
+            let rows = history
+                .query(HistoryFilter::default())
+                .await
+                .expect("query");
+            assert_eq!(rows.len(), 1);
+            assert_eq!(
+                (rows[0].job_id.as_str(), rows[0].requested_by.as_deref()),
+                ("old", None)
+            );
+        }
+        let history = History::open(&path).await.expect("open");
+        history
+            .record_submission(run("new", "a"))
+            .await
+            .expect("insert");
+        let rows = history
+            .query(HistoryFilter {
+                job_id: Some("new".into()),
+                ..HistoryFilter::default()
+            })
+            .await
+            .expect("query");
+        assert_eq!(rows[0].requested_by.as_deref(), Some("alice@laptop"));
     }
 
     #[tokio::test]

@@ -40,7 +40,8 @@ PRAGMA user_version = 1;
 
 pub(super) const COLUMNS: &str = "job_id, agent, agent_url, controller_id, user, command, prompt, \
     payload_sha256, signature, submitted_at, status, exit_code, reason, error, started_at, \
-    ended_at, duration_ms, stdout_bytes, stderr_bytes, stdout_sha256, stderr_sha256, updated_at";
+    ended_at, duration_ms, stdout_bytes, stderr_bytes, stdout_sha256, stderr_sha256, updated_at, \
+    requested_by";
 
 pub(super) fn row_from_sql(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
     let to_u64 = |v: Option<i64>| v.map(|v| u64::try_from(v).unwrap_or(0));
@@ -67,6 +68,7 @@ pub(super) fn row_from_sql(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryR
         stdout_sha256: row.get(19)?,
         stderr_sha256: row.get(20)?,
         updated_at: row.get(21)?,
+        requested_by: row.get(22)?,
     })
 }
 
@@ -115,5 +117,19 @@ pub(super) fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
         .pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql)?;
     connection.execute_batch(SCHEMA).map_err(sql)?;
+    add_requested_by(&connection).map_err(sql)?;
     Ok(connection)
+}
+
+/// Migration step (protocol v1.1): the `requested_by` each job was signed with. Keyed on
+/// the column, not on `user_version`, so it composes with other steps in any order; it
+/// adds a nullable column and never rewrites a row (older rows read as `NULL`).
+fn add_requested_by(connection: &Connection) -> rusqlite::Result<()> {
+    let present = connection
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'requested_by'")?
+        .exists([])?;
+    if !present {
+        connection.execute_batch("ALTER TABLE runs ADD COLUMN requested_by TEXT;")?;
+    }
+    Ok(())
 }

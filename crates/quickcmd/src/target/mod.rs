@@ -12,8 +12,8 @@ use crate::tls::TlsError;
 mod resolve;
 
 pub use resolve::{
-    build_clients, controller_id_for, resolve_endpoints, secret_source, trust_source, SecretSource,
-    TrustSource,
+    build_clients, controller_id_for, resolve_endpoints, secret_source, trust_for, trust_source,
+    SecretSource, TrustSource,
 };
 
 /// The target options of a command.
