@@ -410,8 +410,10 @@ async fn the_workdir_is_writable_by_the_sandbox_user_default_and_custom() {
         );
         let stdout = finished.stdout();
         assert!(stdout.ends_with("wrote\n"), "{workdir}: {stdout}");
-        assert!(
-            stdout.contains(" 65534 65534 "),
+        let fields: Vec<&str> = stdout.split_whitespace().collect();
+        assert_eq!(
+            fields.get(2..4),
+            Some(&["65534", "65534"][..]),
             "{workdir} owner: {stdout}"
         );
     }
