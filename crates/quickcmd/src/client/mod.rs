@@ -26,13 +26,14 @@
 mod error;
 mod retry;
 mod stream;
+mod whoami;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quickcmd_protocol::{
     is_valid_job_id, Encoding, Health, JobList, JobResult, JobStatus, JobView, ReadAuth,
-    SubmitResponse, WhoAmI,
+    SubmitResponse,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
@@ -229,31 +230,6 @@ impl Client {
             .read(Method::GET, &path, query.as_deref(), "reading job status")
             .await?;
         expect_json(answer, &[200])
-    }
-
-    /// `GET /api/v1/whoami` (v1.1): whom the agent takes us for; a 401 means our secret
-    /// (or controller id) is not the one the agent has, a 404 an agent older than v1.1.
-    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
-        let answer = self
-            .read(Method::GET, "/api/v1/whoami", None, "checking the secret")
-            .await?;
-        expect_json(answer, &[200])
-    }
-
-    /// The encoding that carries this agent's output exactly: base64 from a v1.1 agent
-    /// (one that answers `whoami`), text from an older one. Asked once per client; an
-    /// answer that says neither (unreachable, 401) gives text and is asked again next time.
-    pub async fn output_encoding(&self) -> Encoding {
-        if let Some(encoding) = self.inner.output_encoding.get() {
-            return *encoding;
-        }
-        let encoding = match self.whoami().await {
-            Ok(_) => Encoding::Base64,
-            Err(error) if error.status() == Some(404) => Encoding::Text,
-            Err(_) => return Encoding::Text,
-        };
-        let _ = self.inner.output_encoding.set(encoding);
-        encoding
     }
 
     /// `GET /api/v1/jobs?status=&limit=`: this controller's jobs, newest first.
