@@ -186,7 +186,6 @@ pub(super) fn health(context: Context, targets: TargetArgs) -> CliResult {
                 rows.push(vec![
                     client.name().to_string(),
                     status,
-                    secret,
                     report.health.version.clone().unwrap_or_else(|| "-".into()),
                     report.health.agent_id.clone().unwrap_or_else(|| "-".into()),
                     report
@@ -195,6 +194,7 @@ pub(super) fn health(context: Context, targets: TargetArgs) -> CliResult {
                         .map(|n| n.to_string())
                         .unwrap_or_else(|| "-".into()),
                     format!("{:.1}ms", report.round_trip.as_secs_f64() * 1000.0),
+                    secret,
                     checks,
                 ]);
             }
@@ -229,7 +229,7 @@ pub(super) fn health(context: Context, targets: TargetArgs) -> CliResult {
         out!(
             "{}",
             table(
-                &["HOST", "STATUS", "SECRET", "VERSION", "AGENT ID", "RUNNING", "RTT", "DETAILS"],
+                &["HOST", "STATUS", "VERSION", "AGENT ID", "RUNNING", "RTT", "SECRET", "DETAILS"],
                 &rows,
                 None
             )
