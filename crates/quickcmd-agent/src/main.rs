@@ -149,7 +149,26 @@ fn audit(config: &AgentConfig, action: AuditAction) -> ExitCode {
         },
         AuditAction::List { limit, json } => match log.list(limit) {
             Ok(rows) => {
+                if !json {
+                    println!(
+                        "{:>6} {:<24} {:<12} {:<24} {:<16} {:<24} {:<10} {:<22} COMMAND",
+                        "ID",
+                        "TIME",
+                        "KIND",
+                        "JOB",
+                        "CONTROLLER",
+                        "REQUESTED BY",
+                        "STATUS",
+                        "CODE/REASON"
+                    );
+                }
                 for row in rows {
+                    // v1.1 rows of a job carry the payload's `requested_by` in `details`.
+                    let requested_by = row
+                        .details
+                        .get("requested_by")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-");
                     if json {
                         let line = serde_json::json!({
                             "id": row.id, "time": quickcmd_agent::clock::rfc3339_ms(row.time_ms),
@@ -162,12 +181,13 @@ fn audit(config: &AgentConfig, action: AuditAction) -> ExitCode {
                         println!("{line}");
                     } else {
                         println!(
-                            "{:>6} {} {:<12} {:<24} {:<16} {:<10} {:<22} {}",
+                            "{:>6} {:<24} {:<12} {:<24} {:<16} {:<24} {:<10} {:<22} {}",
                             row.id,
                             quickcmd_agent::clock::rfc3339_ms(row.time_ms),
                             row.kind,
                             row.job_id.as_deref().unwrap_or("-"),
                             row.controller_id.as_deref().unwrap_or("-"),
+                            requested_by,
                             row.status.as_deref().unwrap_or("-"),
                             row.code.as_deref().or(row.reason.as_deref()).unwrap_or("-"),
                             row.command.as_deref().unwrap_or("")

@@ -13,6 +13,8 @@ pub(crate) struct Attempt {
     pub controller_id: Option<String>,
     pub command: Option<String>,
     pub prompt: Option<String>,
+    /// The payload's `requested_by` (v1.1), recorded in the row's `details`.
+    pub requested_by: Option<String>,
 }
 
 impl Attempt {
@@ -32,6 +34,7 @@ impl Attempt {
             controller_id: Some(payload.controller_id.clone()),
             command: Some(payload.command.clone()),
             prompt: Some(payload.prompt.clone()),
+            requested_by: payload.requested_by.clone(),
         }
     }
 
@@ -50,6 +53,7 @@ impl Attempt {
             controller_id: field("controller_id"),
             command: field("command"),
             prompt: field("prompt"),
+            requested_by: None,
         }
     }
 
@@ -69,8 +73,27 @@ impl Attempt {
             status: status.map(str::to_string),
             command: self.command.clone(),
             prompt: self.prompt.clone(),
-            details,
+            details: with_requested_by(details, self.requested_by.as_deref()),
             ..AuditEvent::new(AuditKind::Submission)
         }
     }
+}
+
+/// `details` with `"requested_by"` added when the payload named one (a `Null` becomes an
+/// object; any other non-object is kept as it is).
+pub(crate) fn with_requested_by(
+    details: serde_json::Value,
+    requested_by: Option<&str>,
+) -> serde_json::Value {
+    let Some(requested_by) = requested_by else {
+        return details;
+    };
+    let mut details = match details {
+        serde_json::Value::Null => serde_json::Value::Object(serde_json::Map::new()),
+        other => other,
+    };
+    if let Some(object) = details.as_object_mut() {
+        object.insert("requested_by".to_string(), requested_by.into());
+    }
+    details
 }

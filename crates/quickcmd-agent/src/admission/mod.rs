@@ -26,7 +26,7 @@ use quickcmd_protocol::{
     ALGORITHM,
 };
 
-pub(crate) use self::attempt::Attempt;
+pub(crate) use self::attempt::{with_requested_by, Attempt};
 use crate::clock;
 use crate::config::{AgentConfig, ControllerGrant};
 use crate::queue::{QueuedJob, Reservation, ResolvedSandbox};
@@ -138,6 +138,7 @@ impl<'a> Signed<'a> {
             status,
             reason: refusal.map(|r| r.code.as_str().to_ascii_lowercase()),
             error: refusal.map(|r| r.message.clone()),
+            requested_by: payload.requested_by.clone(),
         }
     }
 
@@ -292,6 +293,8 @@ async fn accept(
             command: payload.command.clone(),
             ttl: payload.ttl,
             sandbox,
+            stdin: payload.stdin.clone(),
+            requested_by: payload.requested_by.clone(),
         },
     );
     tracing::info!(job_id = %payload.job_id, controller = %payload.controller_id, remote = %attempt.remote, "job accepted");

@@ -6,6 +6,7 @@ mod job_routes;
 mod openapi;
 mod stream;
 mod submit;
+mod whoami;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ fn routes(health_cache: Arc<health::HealthCache>) -> Vec<(&'static str, MethodRo
             get(job_routes::get).delete(job_routes::cancel),
         ),
         ("/api/v1/stream/{id}", get(stream::stream)),
+        ("/api/v1/whoami", get(whoami::whoami)),
         ("/api/v1/openapi.json", get(openapi::openapi)),
         (
             "/health",
