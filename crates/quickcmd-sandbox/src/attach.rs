@@ -10,6 +10,7 @@ use bollard::errors::Error as BollardError;
 use bollard::query_parameters::AttachContainerOptionsBuilder;
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::error::{engine_message, SandboxError};
@@ -29,27 +30,44 @@ pub(crate) struct ForwardSummary {
     pub(crate) receiver_dropped: bool,
 }
 
-/// Attaches to `container_id`'s stdout and stderr, live only (`logs=false`). Call before
-/// start; the stream ends when the container's output is closed.
+/// The write half of an attach: the container's stdin.
+pub(crate) type AttachedInput = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Attaches to `container_id`'s stdout and stderr, live only (`logs=false`), and to its
+/// stdin when `with_stdin` (the container must have been created with stdin open). Call
+/// before start; the stream ends when the container's output is closed.
 pub(crate) async fn attach_output(
     docker: &Docker,
     container_id: &str,
     job_id: &str,
-) -> Result<AttachedOutput, SandboxError> {
+    with_stdin: bool,
+) -> Result<(AttachedOutput, Option<AttachedInput>), SandboxError> {
     let options = AttachContainerOptionsBuilder::new()
         .stream(true)
         .stdout(true)
         .stderr(true)
-        .stdin(false)
+        .stdin(with_stdin)
         .logs(false)
         .build();
     let attached = docker
         .attach_container(container_id, Some(options))
         .await
         .map_err(|err| SandboxError::engine("attach to container", job_id, &err))?;
-    // stdin is neither opened nor attached; the write half has nothing to say.
-    drop(attached.input);
-    Ok(attached.output)
+    // Without stdin the write half has nothing to say.
+    let input = with_stdin.then_some(attached.input);
+    Ok((attached.output, input))
+}
+
+/// Writes `bytes` to the container's stdin, then closes it (the command reads end of file).
+/// A command that exits without reading everything closes the pipe: that is its business,
+/// not an error of the job.
+pub(crate) async fn write_stdin(mut input: AttachedInput, bytes: Vec<u8>, job_id: String) {
+    if let Err(error) = input.write_all(&bytes).await {
+        tracing::debug!(%job_id, %error, "stdin not fully written; the command stopped reading");
+    }
+    if let Err(error) = input.shutdown().await {
+        tracing::debug!(%job_id, %error, "closing stdin failed");
+    }
 }
 
 /// Forwards every frame of `attached` into `output` until the stream ends. Awaiting `send` on

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::attach::{attach_output, forward_output, ForwardSummary};
+use crate::attach::{attach_output, forward_output, write_stdin, ForwardSummary};
 use crate::client::DockerSandbox;
 use crate::create::create_container;
 use crate::error::SandboxError;
@@ -101,7 +101,8 @@ impl DockerSandbox {
         started: oneshot::Sender<String>,
     ) -> Result<SandboxOutcome, SandboxError> {
         let job_id = spec.job_id.as_str();
-        let attached = attach_output(&self.docker, container_id, job_id).await?;
+        let (attached, input) =
+            attach_output(&self.docker, container_id, job_id, spec.stdin.is_some()).await?;
         let mut forwarder = Forwarder(tokio::spawn(forward_output(
             attached,
             output,
@@ -121,6 +122,11 @@ impl DockerSandbox {
         tracing::debug!(job_id, container_id, ?start_latency, "container started");
         // The caller may have stopped listening; the job runs regardless.
         let _ = started.send(container_id.to_owned());
+        // Written on its own task, while the output is read: a command that writes as it
+        // reads would otherwise block on a full pipe.
+        if let (Some(input), Some(bytes)) = (input, spec.stdin.clone()) {
+            tokio::spawn(write_stdin(input, bytes, job_id.to_owned()));
+        }
 
         let waiting = wait_for_exit(&self.docker, container_id, job_id);
         tokio::pin!(waiting);

@@ -136,6 +136,7 @@ fn spec(agent_id: &str, command: &str) -> SandboxSpec {
         tmp_size_bytes: 16 << 20,
         workdir_size_bytes: 16 << 20,
         mounts: Vec::new(),
+        stdin: None,
     }
 }
 
@@ -392,6 +393,65 @@ async fn env_and_workdir() {
         .insert("GREETING".to_owned(), "hello world; $(id)".to_owned());
     let finished = run(&sandbox, job).await;
     assert_eq!(finished.stdout(), "hello world; $(id)\n/work\n");
+}
+
+#[tokio::test]
+async fn the_workdir_is_writable_by_the_sandbox_user_default_and_custom() {
+    let sandbox = sandbox().await;
+    for workdir in ["/work", "/srv/app"] {
+        let mut job = spec(&unique("agent"), "touch f && ls -ldn . && echo wrote");
+        job.workdir = workdir.to_owned();
+        let finished = run(&sandbox, job).await;
+        assert_eq!(
+            finished.outcome().exit_code,
+            0,
+            "{workdir}: {}",
+            finished.stderr()
+        );
+        let stdout = finished.stdout();
+        assert!(stdout.ends_with("wrote\n"), "{workdir}: {stdout}");
+        let fields: Vec<&str> = stdout.split_whitespace().collect();
+        assert_eq!(
+            fields.get(2..4),
+            Some(&["65534", "65534"][..]),
+            "{workdir} owner: {stdout}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stdin_bytes_reach_the_command_then_end_of_file() {
+    let sandbox = sandbox().await;
+    // Every byte value, and more than a pipe buffer, so writing and reading overlap.
+    let input: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let mut job = spec(&unique("agent"), "cat");
+    job.stdin = Some(input.clone());
+    let finished = run(&sandbox, job).await;
+    assert_eq!(finished.outcome().exit_code, 0, "{}", finished.stderr());
+    assert_eq!(stdout_bytes(&finished), input);
+
+    let mut echo = spec(&unique("agent"), "cat");
+    echo.stdin = Some(b"line 1\n\xff\x00 no newline".to_vec());
+    let finished = run(&sandbox, echo).await;
+    assert_eq!(stdout_bytes(&finished), b"line 1\n\xff\x00 no newline");
+}
+
+fn stdout_bytes(finished: &Finished) -> Vec<u8> {
+    finished
+        .events
+        .iter()
+        .filter_map(|(_, chunk)| match chunk {
+            OutputChunk::Stdout(bytes) => Some(bytes.to_vec()),
+            OutputChunk::Stderr(_) => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[tokio::test]
+async fn without_stdin_the_command_reads_end_of_file_at_once() {
+    let finished = run_command("cat; echo \"eof $?\"").await;
+    assert_eq!(finished.stdout(), "eof 0\n");
 }
 
 // ---------------------------------------------------------------------------------------------
