@@ -7,6 +7,8 @@ mod openapi;
 mod stream;
 mod submit;
 
+pub(crate) use stream::parse_since;
+
 use std::sync::Arc;
 
 use axum::extract::State;
