@@ -54,10 +54,21 @@ fn check(config: &AgentConfig) {
         .split_once(':')
         .expect("sandbox_user has a group");
     for id in [uid, gid] {
-        assert!(id.bytes().all(|b| b.is_ascii_digit()), "{}", limits.sandbox_user);
-        assert!(id.parse::<u32>().is_ok_and(|n| n != 0), "{}", limits.sandbox_user);
+        assert!(
+            id.bytes().all(|b| b.is_ascii_digit()),
+            "{}",
+            limits.sandbox_user
+        );
+        assert!(
+            id.parse::<u32>().is_ok_and(|n| n != 0),
+            "{}",
+            limits.sandbox_user
+        );
     }
     if config.tls.is_none() {
-        assert!(config.listen.ip().is_loopback(), "plain HTTP only on loopback");
+        assert!(
+            config.listen.ip().is_loopback(),
+            "plain HTTP only on loopback"
+        );
     }
 }

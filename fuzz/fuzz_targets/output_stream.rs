@@ -52,11 +52,19 @@ fn check_stream(output: &Output, stderr: bool, input: &[u8], max: usize) {
         assert!(!frame.data.is_empty());
         assert!(frame.data.len() <= limit || frame.data.chars().count() == 1);
     }
-    let summary: &Summary = if stderr { &output.stderr } else { &output.stdout };
+    let summary: &Summary = if stderr {
+        &output.stderr
+    } else {
+        &output.stdout
+    };
     assert_eq!(summary.bytes, input.len() as u64);
     assert_eq!(summary.sha256, hex::encode(Sha256::digest(input)));
 
-    let stored: Vec<&Frame> = output.stored.iter().filter(|f| f.stderr == stderr).collect();
+    let stored: Vec<&Frame> = output
+        .stored
+        .iter()
+        .filter(|f| f.stderr == stderr)
+        .collect();
     let stored_text: String = stored.iter().map(|f| f.data.as_str()).collect();
     assert_eq!(summary.text, stored_text);
     if !summary.truncated {
@@ -64,17 +72,16 @@ fn check_stream(output: &Output, stderr: bool, input: &[u8], max: usize) {
         return;
     }
     // head ++ [marker] ++ tail
-    let head = stored
-        .iter()
-        .zip(&live)
-        .take_while(|(s, l)| s == l)
-        .count();
+    let head = stored.iter().zip(&live).take_while(|(s, l)| s == l).count();
     let marker = stored[head];
     let tail = &stored[head + 1..];
     assert!(live.ends_with(tail), "the stored tail is the live tail");
     let omitted = &live[head..live.len() - tail.len()];
     assert!(!omitted.is_empty());
-    assert_eq!(marker.seq, omitted[0].seq, "the marker takes the first omitted seq");
+    assert_eq!(
+        marker.seq, omitted[0].seq,
+        "the marker takes the first omitted seq"
+    );
     let bytes = |frames: &[&Frame]| frames.iter().map(|f| f.data.len()).sum::<usize>();
     let name = if stderr { "stderr" } else { "stdout" };
     assert_eq!(

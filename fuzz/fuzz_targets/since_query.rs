@@ -35,7 +35,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if data.len() >= 8 {
         let n = u64::from_le_bytes(data[..8].try_into().unwrap_or_default());
-        let (value, parsed) = since_from_query(&format!("since={n}")).expect("a plain query decodes");
+        let (value, parsed) =
+            since_from_query(&format!("since={n}")).expect("a plain query decodes");
         assert_eq!((value, parsed), (Some(n.to_string()), Ok(n)));
     }
 });

@@ -221,7 +221,11 @@ async fn no_new_privileges_with(agent: &TestAgent) {
         "{out}"
     );
     // 2: a seccomp filter (the engine's default profile) is in force.
-    assert_eq!(status.get("Seccomp").map(String::as_str), Some("2"), "{out}");
+    assert_eq!(
+        status.get("Seccomp").map(String::as_str),
+        Some("2"),
+        "{out}"
+    );
 }
 
 row!(fork_bomb_is_stopped, fork_bomb_with);
@@ -236,7 +240,10 @@ async fn fork_bomb_with(agent: &TestAgent) {
     )
     .await;
     assert!(bomb.status.is_final(), "{bomb:#?}");
-    assert!(container_ids(&job_id).is_empty(), "the bomb's container is gone");
+    assert!(
+        container_ids(&job_id).is_empty(),
+        "the bomb's container is gone"
+    );
     // The host can still fork, and the agent still serves and runs jobs.
     let host = Command::new("true").status().expect("the host can fork");
     assert!(host.success());
@@ -347,7 +354,8 @@ fn host_processes_with(marker: &str) -> Vec<u32> {
 /// The host directory of the cgroup that holds `pid` (the `pids` hierarchy on cgroup v1,
 /// the unified one on v2).
 fn host_cgroup_of(pid: u32) -> PathBuf {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/pid/cgroup");
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/pid/cgroup");
     let mut unified = None;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
@@ -410,7 +418,10 @@ async fn cancel_with(agent: &TestAgent) {
         );
     }
 
-    agent.cancel("ctl-a", &job_id).await.assert_accepted(&job_id);
+    agent
+        .cancel("ctl-a", &job_id)
+        .await
+        .assert_accepted(&job_id);
     let result = agent
         .wait_final("ctl-a", &job_id)
         .await
@@ -424,7 +435,10 @@ async fn cancel_with(agent: &TestAgent) {
     // Nothing of the job is left: no container, no process, no member of its cgroup.
     assert!(container_ids(&job_id).is_empty(), "container left behind");
     let left = host_processes_with(&marker);
-    assert!(left.is_empty(), "processes of the job left on the host: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of the job left on the host: {left:?}"
+    );
     let procs = cgroup_procs(&cgroup);
     assert!(
         procs.is_empty(),

@@ -43,13 +43,15 @@ fn rsa_cert(dir: &Path) -> TlsFiles {
     let out = run_bounded(
         {
             let mut c = openssl();
-            c.args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-                .args(["-subj", "/CN=localhost"])
-                .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-                .arg("-keyout")
-                .arg(&files.key)
-                .arg("-out")
-                .arg(&files.cert);
+            c.args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&files.key)
+            .arg("-out")
+            .arg(&files.cert);
             c
         },
         Duration::from_secs(60),
@@ -87,9 +89,11 @@ impl Control {
             .stderr(Stdio::null())
             .spawn()
             .expect("start openssl s_server");
-        eventually(Duration::from_secs(30), "openssl s_server to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
+        eventually(
+            Duration::from_secs(30),
+            "openssl s_server to listen",
+            || TcpStream::connect(("127.0.0.1", port)).ok(),
+        );
         Control { child, port }
     }
 }
@@ -109,7 +113,11 @@ fn handshake(port: u16, args: &[&str]) -> Result<(String, String), String> {
         .args(["-connect", &format!("127.0.0.1:{port}")])
         .args(args)
         .stdin(Stdio::null());
-    let Output { status, stdout, stderr } = run_bounded(command, Duration::from_secs(60));
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = run_bounded(command, Duration::from_secs(60));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&stdout),
@@ -120,7 +128,11 @@ fn handshake(port: u16, args: &[&str]) -> Result<(String, String), String> {
             .find_map(|l| l.strip_prefix(name))
             .map(|v| v.trim().to_string())
     };
-    match (status.success(), field("Protocol version:"), field("Ciphersuite:")) {
+    match (
+        status.success(),
+        field("Protocol version:"),
+        field("Ciphersuite:"),
+    ) {
         (true, Some(protocol), Some(suite)) => Ok((protocol, suite)),
         _ => Err(text),
     }
