@@ -140,7 +140,7 @@ impl AgentConfig {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
                 path: path.to_path_buf(),
                 line: e
                     .location()
