@@ -157,6 +157,25 @@ fn prefix(text: &str, max: usize) -> &str {
     &text[..cut]
 }
 
+/// `details` with `"requested_by"` added when the payload named one (a `Null` becomes an
+/// object; any other non-object is kept as it is).
+pub(crate) fn with_requested_by(
+    details: serde_json::Value,
+    requested_by: Option<&str>,
+) -> serde_json::Value {
+    let Some(requested_by) = requested_by else {
+        return details;
+    };
+    let mut details = match details {
+        serde_json::Value::Null => serde_json::Value::Object(serde_json::Map::new()),
+        other => other,
+    };
+    if let Some(object) = details.as_object_mut() {
+        object.insert("requested_by".to_string(), requested_by.into());
+    }
+    details
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,23 +212,4 @@ mod tests {
         assert_eq!(prefix("✓✓", 4), "✓");
         assert_eq!(prefix("✓✓", 2), "");
     }
-}
-
-/// `details` with `"requested_by"` added when the payload named one (a `Null` becomes an
-/// object; any other non-object is kept as it is).
-pub(crate) fn with_requested_by(
-    details: serde_json::Value,
-    requested_by: Option<&str>,
-) -> serde_json::Value {
-    let Some(requested_by) = requested_by else {
-        return details;
-    };
-    let mut details = match details {
-        serde_json::Value::Null => serde_json::Value::Object(serde_json::Map::new()),
-        other => other,
-    };
-    if let Some(object) = details.as_object_mut() {
-        object.insert("requested_by".to_string(), requested_by.into());
-    }
-    details
 }

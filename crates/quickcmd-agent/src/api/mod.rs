@@ -9,6 +9,8 @@ mod stream;
 mod submit;
 mod whoami;
 
+pub(crate) use stream::parse_since;
+
 use std::sync::Arc;
 
 use axum::extract::State;

@@ -88,15 +88,7 @@ pub(super) async fn stream(
             ));
         }
     }
-    let since = match query.get("since") {
-        Some(text) => text.parse::<u64>().map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidPayload,
-                "since must be a whole number (a frame seq)",
-            )
-        })?,
-        None => 0,
-    };
+    let since = parse_since(&query)?;
     let encoding = encoding_of(&query)?;
     let job = visible_job(&agent, &reader, &job_id).await?;
     let live = agent.jobs.live(&job_id);
@@ -112,6 +104,19 @@ pub(super) async fn stream(
         }
         agent.metrics.subscriber_left();
     }))
+}
+
+/// The `since` query parameter: the last frame seq the subscriber has; 0 when absent.
+pub(crate) fn parse_since(query: &HashMap<String, String>) -> Result<u64, ApiError> {
+    match query.get("since") {
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidPayload,
+                "since must be a whole number (a frame seq)",
+            )
+        }),
+        None => Ok(0),
+    }
 }
 
 fn text(frame: &LogFrame) -> Message {
