@@ -93,13 +93,16 @@ mod tests {
         // 8 KiB frames, cut wherever the stream changes: a handful, not 20,000.
         assert!(frames.len() <= 16, "{} frames", frames.len());
         assert!(frames.windows(2).all(|w| w[0].log.seq < w[1].log.seq));
-        let text: String = frames.iter().map(|f| f.log.data.as_str()).collect();
+        let text: String = frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.bytes).into_owned())
+            .collect();
         assert_eq!(text, expected);
-        let errs: Vec<&str> = frames
+        let errs: Vec<&[u8]> = frames
             .iter()
             .filter(|f| f.log.stream == StreamName::Stderr)
-            .map(|f| f.log.data.as_str())
+            .map(|f| f.bytes.as_slice())
             .collect();
-        assert_eq!(errs, ["e"; 4]);
+        assert_eq!(errs, [b"e".as_slice(); 4]);
     }
 }
