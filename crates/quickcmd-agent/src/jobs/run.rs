@@ -132,6 +132,7 @@ async fn execute(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<LiveJob>) {
                 read_only: m.read_only,
             })
             .collect(),
+        stdin: None,
     };
     let (output_tx, mut output_rx) = mpsc::channel(OUTPUT_CHANNEL);
     let (started_tx, started_rx) = oneshot::channel();
