@@ -182,3 +182,47 @@ async fn at_most_max_concurrent_jobs_run_at_once() {
         .expect("two results");
     assert!(late_start < first_end, "the first two ran at the same time");
 }
+
+/// With `warm_pool_size: 2` a job of the default profile runs in a pool container (counted),
+/// one asking for more memory still does (its limit is updated), and the pool is visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_serves_default_jobs_and_shows_in_metrics() {
+    let agent = Agent::start("pool", Config::default().set("warm_pool_size", json!(2)));
+    // The pool fills in the background; wait for it so the first job is a claim, not a miss.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = agent.metrics().await;
+        if metric(&text, "quickcmd_agent_warm_pool_idle") == Some(2.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pool never filled:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let plain = unique("pool-plain");
+    agent
+        .submit("ctl-a", &plain, "echo \"$QUICKCMD_X\"; id -u; exit 5")
+        .await;
+    let view = agent.wait_final("ctl-a", &plain).await;
+    let result = view.result.expect("result");
+    assert_eq!(result.exit_code, 5);
+    assert_eq!(result.stdout, "\n65534\n");
+
+    let text = agent.metrics().await;
+    assert_eq!(metric(&text, "quickcmd_agent_warm_pool_size"), Some(2.0));
+    assert_eq!(
+        metric(&text, "quickcmd_agent_warm_pool_claimed_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "quickcmd_agent_warm_pool_misses_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "quickcmd_agent_warm_pool_cold_fallbacks_total"),
+        Some(0.0)
+    );
+    assert_eq!(result.status, JobStatus::Completed);
+}

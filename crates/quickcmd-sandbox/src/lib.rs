@@ -6,8 +6,10 @@
 //!   seccomp profile, a read-only root, size-limited tmpfs for `/tmp` and the workdir, memory
 //!   (without extra swap), CPU and PID limits, and no network unless asked;
 //! - every container is removed before `run` returns, whatever happened;
-//! - every container carries `quickcmd.agent`, `quickcmd.job` and `quickcmd.managed` labels,
-//!   so an agent can remove its leftovers at start.
+//! - every container carries `quickcmd.agent` and `quickcmd.managed` labels, so an agent can
+//!   remove its leftovers at start; cold containers also carry `quickcmd.job`, warm pool
+//!   containers (made before their job exists) `quickcmd.pool` instead — the container id
+//!   is sent on `started` and returned in the outcome either way.
 //!
 //! - a container serves one job and is never reused; warm pool containers (`pool`) are only
 //!   started ahead of time, and the exit code always comes from the engine's wait.

@@ -1113,7 +1113,9 @@ async fn pooled_job_cannot_fake_its_exit_code() {
 
     // Its last command killed by a signal: the engine's 137, whatever the job wrote first.
     // (PID 1 cannot SIGKILL itself from inside its namespace, cold or pooled.)
-    let finished = h.run_command("echo 0; sleep 30 & kill -9 $!; wait $!").await;
+    let finished = h
+        .run_command("echo 0; sleep 30 & kill -9 $!; wait $!")
+        .await;
     assert_eq!(finished.outcome().exit_code, 137);
 
     // The job is PID 1 itself, as in a cold container: there is no wrapper left to fool.

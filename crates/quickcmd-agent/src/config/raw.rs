@@ -66,6 +66,8 @@ pub struct RawConfig {
     pub shutdown_grace_seconds: u64,
     /// Frames a WebSocket subscriber may fall behind before it is dropped (close 1008).
     pub stream_buffer_frames: usize,
+    /// Sandbox containers of the default profile kept started ahead of time; 0 disables.
+    pub warm_pool_size: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +135,7 @@ impl Default for RawConfig {
             audit_db_path: None,
             shutdown_grace_seconds: 30,
             stream_buffer_frames: 1024,
+            warm_pool_size: 2,
         }
     }
 }

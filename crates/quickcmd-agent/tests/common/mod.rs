@@ -199,14 +199,17 @@ pub struct Config {
 
 impl Default for Config {
     /// `ctl-a` and `ctl-b` with their own secrets and no scopes; the sandbox image is the
-    /// local one.
+    /// local one; no warm pool.
     fn default() -> Config {
         Config {
             allowed_controllers: Vec::new(),
             controllers: vec![("ctl-a".into(), Vec::new()), ("ctl-b".into(), Vec::new())],
             shared_scopes: Vec::new(),
             shared_secret: SHARED_SECRET.to_string(),
-            extra: BTreeMap::new(),
+            // These tests find a job's container by its `quickcmd.job` label and count an
+            // agent's containers, which only cold containers allow; pool containers are
+            // made before their job exists. `.set("warm_pool_size", …)` turns the pool on.
+            extra: BTreeMap::from([("warm_pool_size".to_string(), Value::from(0))]),
         }
     }
 }
