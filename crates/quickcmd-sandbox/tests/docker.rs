@@ -216,6 +216,16 @@ impl Harness {
         spec(&self.agent, command)
     }
 
+    /// Stops the pool and removes its idle containers, and checks none is left.
+    async fn finish(&self) {
+        self.sandbox.shutdown_warm_pool().await;
+        assert_eq!(
+            containers_labelled(&format!("{LABEL_POOL}={}", self.agent)).await,
+            Vec::<String>::new(),
+            "pool containers outlived the pool"
+        );
+    }
+
     /// Pooled: waits until the pool holds `count` ready containers.
     async fn wait_idle(&self, count: usize) {
         if self.mode == Mode::Cold {
@@ -279,14 +289,26 @@ impl Harness {
     }
 }
 
-/// Each named `async fn NAME(mode: Mode)` becomes two tests, `cold::NAME` and `pooled::NAME`.
+/// Runs one test body with a fresh harness of `mode`, then stops its pool and removes the
+/// pool's idle containers (a test that panics leaves them to the next agent sweep).
+async fn both<F>(mode: Mode, body: F)
+where
+    F: for<'h> FnOnce(&'h Harness) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'h>>,
+{
+    let h = Harness::new(mode).await;
+    body(&h).await;
+    h.finish().await;
+}
+
+/// Each named `async fn NAME(h: &Harness)` becomes two tests, `cold::NAME` and
+/// `pooled::NAME`.
 macro_rules! both_ways {
     ($($name:ident),* $(,)?) => {
         mod cold {
-            $(#[tokio::test] async fn $name() { super::$name(super::Mode::Cold).await })*
+            $(#[tokio::test] async fn $name() { super::both(super::Mode::Cold, |h| Box::pin(super::$name(h))).await })*
         }
         mod pooled {
-            $(#[tokio::test] async fn $name() { super::$name(super::Mode::Pooled).await })*
+            $(#[tokio::test] async fn $name() { super::both(super::Mode::Pooled, |h| Box::pin(super::$name(h))).await })*
         }
     };
 }
@@ -441,8 +463,7 @@ async fn run(sandbox: &DockerSandbox, spec: SandboxSpec) -> Finished {
 // Exit codes and output
 // ---------------------------------------------------------------------------------------------
 
-async fn exit_codes_zero_and_three(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn exit_codes_zero_and_three(h: &Harness) {
     let ok = h.run(h.spec("true")).await;
     assert_eq!(ok.outcome().exit_code, 0);
     assert_eq!(ok.outcome().reason, EndReason::Exited);
@@ -458,8 +479,7 @@ async fn exit_codes_zero_and_three(mode: Mode) {
     );
 }
 
-async fn stdout_and_stderr_are_separate(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn stdout_and_stderr_are_separate(h: &Harness) {
     let finished = h
         .run_command("echo to-out; echo to-err >&2; echo more-out")
         .await;
@@ -468,9 +488,10 @@ async fn stdout_and_stderr_are_separate(mode: Mode) {
     assert_eq!(finished.stderr(), "to-err\n");
 }
 
-async fn first_line_is_never_lost(mode: Mode) {
+async fn first_line_is_never_lost(outer: &Harness) {
     // Attach-before-start is what makes this hold; a fast command is the worst case.
     // Pooled: six ready containers, six jobs at once.
+    let mode = outer.mode;
     let h = Harness::with_pool_size(mode, 6).await;
     h.wait_idle(6).await;
     let runs = (0..6).map(|_| run(&h.sandbox, h.spec("echo first")));
@@ -482,10 +503,10 @@ async fn first_line_is_never_lost(mode: Mode) {
         assert_eq!(finished.outcome().exit_code, 0);
         assert_eq!(finished.stdout(), "first\n");
     }
+    h.finish().await;
 }
 
-async fn last_bytes_arrive_through_a_slow_small_channel(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn last_bytes_arrive_through_a_slow_small_channel(h: &Harness) {
     // 256 KiB through a channel of one slot with a slow reader: the command is throttled by
     // backpressure, and everything up to the final marker (no newline) still arrives.
     let command = "head -c 262144 /dev/zero | tr '\\0' a; printf END";
@@ -504,8 +525,7 @@ async fn last_bytes_arrive_through_a_slow_small_channel(mode: Mode) {
     assert!(stdout.ends_with("aEND"));
 }
 
-async fn output_is_live_not_buffered_until_exit(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn output_is_live_not_buffered_until_exit(h: &Harness) {
     let finished = h.run(h.spec("echo early; sleep 2; echo late")).await;
     assert_eq!(finished.outcome().exit_code, 0);
     assert_eq!(finished.stdout(), "early\nlate\n");
@@ -562,8 +582,7 @@ async fn output_is_live_handshake_through_a_read_only_bind_mount() {
     assert_eq!(seen, "ready\nread-only\n");
 }
 
-async fn env_and_workdir(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn env_and_workdir(h: &Harness) {
     let mut job = h.spec("echo \"$GREETING\"; pwd");
     job.env
         .insert("GREETING".to_owned(), "hello world; $(id)".to_owned());
@@ -571,8 +590,7 @@ async fn env_and_workdir(mode: Mode) {
     assert_eq!(finished.stdout(), "hello world; $(id)\n/work\n");
 }
 
-async fn stdin_bytes_reach_the_command_then_end_of_file(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn stdin_bytes_reach_the_command_then_end_of_file(h: &Harness) {
     // NUL, a lone 0xff, no final newline, and 300 KiB so the bytes cannot all sit in one pipe
     // buffer: every byte arrives, then end of file (`wc` returns).
     let mut data = b"first\n\0\xffno newline".to_vec();
@@ -593,8 +611,7 @@ async fn stdin_bytes_reach_the_command_then_end_of_file(mode: Mode) {
     assert_eq!(finished.stdout(), format!("{}\neof\n", data.len()));
 }
 
-async fn without_stdin_the_command_reads_end_of_file(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn without_stdin_the_command_reads_end_of_file(h: &Harness) {
     // `cat` returns at once: stdin is at end of file, not an open pipe that never closes.
     let finished = h.run_command("cat; wc -c; echo done").await;
     assert_eq!(finished.outcome().exit_code, 0);
@@ -605,8 +622,7 @@ async fn without_stdin_the_command_reads_end_of_file(mode: Mode) {
 // Limits: timeout, OOM, PIDs
 // ---------------------------------------------------------------------------------------------
 
-async fn timeout_kills_with_124_and_removes_the_container(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn timeout_kills_with_124_and_removes_the_container(h: &Harness) {
     let mut job = h.spec("echo before; sleep 30");
     job.timeout = Duration::from_secs(2);
     let finished = h.run(job).await;
@@ -622,8 +638,7 @@ async fn timeout_kills_with_124_and_removes_the_container(mode: Mode) {
     assert!(took < Duration::from_secs(15), "timeout took {took:?}");
 }
 
-async fn out_of_memory_is_reported_as_oom(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn out_of_memory_is_reported_as_oom(h: &Harness) {
     // busybox tail keeps its whole input in memory when it has no newline; 64 MiB of zeros
     // through a 16 MiB limit without swap must be OOM-killed.
     let mut job = h.spec("head -c 64m /dev/zero | tail");
@@ -642,8 +657,7 @@ async fn out_of_memory_is_reported_as_oom(mode: Mode) {
     assert_eq!(outcome.exit_code, 137);
 }
 
-async fn fork_bomb_is_contained_by_the_pids_limit(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn fork_bomb_is_contained_by_the_pids_limit(h: &Harness) {
     let mut job = h.spec("bomb() { bomb | bomb & }; bomb; sleep 30");
     job.pids_limit = 32;
     job.timeout = Duration::from_secs(5);
@@ -668,9 +682,8 @@ async fn fork_bomb_is_contained_by_the_pids_limit(mode: Mode) {
     assert_eq!(after.stdout(), "alive\n");
 }
 
-async fn pids_limit_is_enforced_inside(mode: Mode) {
+async fn pids_limit_is_enforced_inside(h: &Harness) {
     // 20 sleeping children fit under 32; 40 do not, and the shell says it cannot fork.
-    let h = Harness::new(mode).await;
     let mut job =
         h.spec("i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done 2>&1; echo spawned");
     job.pids_limit = 32;
@@ -687,8 +700,7 @@ async fn pids_limit_is_enforced_inside(mode: Mode) {
 // Isolation
 // ---------------------------------------------------------------------------------------------
 
-async fn no_network_only_loopback(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn no_network_only_loopback(h: &Harness) {
     let finished = h
         .run_command(
             "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; \
@@ -714,14 +726,12 @@ async fn network_true_has_an_interface_beyond_loopback() {
     assert!(interfaces.iter().any(|name| name != "lo"), "{interfaces:?}");
 }
 
-async fn runs_as_nobody(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn runs_as_nobody(h: &Harness) {
     let finished = h.run_command("id -u; id -g").await;
     assert_eq!(finished.stdout(), "65534\n65534\n");
 }
 
-async fn root_is_read_only_while_tmp_and_workdir_are_writable(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn root_is_read_only_while_tmp_and_workdir_are_writable(h: &Harness) {
     // The copies keep busybox's name: it picks the applet from argv[0].
     let finished = h.run_command(
         "touch /x 2>/dev/null && echo root-writable || echo root-read-only; \
@@ -741,8 +751,7 @@ async fn root_is_read_only_while_tmp_and_workdir_are_writable(mode: Mode) {
     );
 }
 
-async fn no_capabilities_no_new_privs_and_seccomp(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn no_capabilities_no_new_privs_and_seccomp(h: &Harness) {
     let finished = h
         .run_command(
             "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
@@ -766,9 +775,9 @@ async fn no_capabilities_no_new_privs_and_seccomp(mode: Mode) {
     assert_eq!(status.get("Seccomp").map(String::as_str), Some("2"));
 }
 
-async fn engine_applied_the_host_config(mode: Mode) {
+async fn engine_applied_the_host_config(h: &Harness) {
     // What the engine actually recorded for a running job, not what we think we sent.
-    let h = Harness::new(mode).await;
+    let mode = h.mode;
     let mut job = h.spec("sleep 30");
     job.cpu_limit = 0.5;
     job.pids_limit = 48;
@@ -859,8 +868,7 @@ async fn engine_applied_the_host_config(mode: Mode) {
 // Cancel, errors, cleanup
 // ---------------------------------------------------------------------------------------------
 
-async fn cancel_kills_fast(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn cancel_kills_fast(h: &Harness) {
     let cancel = CancellationToken::new();
     let canceller = cancel.clone();
     let finished = h
@@ -879,8 +887,7 @@ async fn cancel_kills_fast(mode: Mode) {
     assert!(took < Duration::from_secs(10), "cancel took {took:?}");
 }
 
-async fn cancel_before_start_never_starts(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn cancel_before_start_never_starts(h: &Harness) {
     let cancel = CancellationToken::new();
     cancel.cancel();
     let finished = h
@@ -951,8 +958,7 @@ async fn invalid_spec_is_refused_before_the_engine_sees_it() {
     );
 }
 
-async fn dropped_run_future_still_removes_the_container(mode: Mode) {
-    let h = Harness::new(mode).await;
+async fn dropped_run_future_still_removes_the_container(h: &Harness) {
     h.wait_idle(1).await;
     let job = h.spec("sleep 60");
     let (output_tx, _output_rx) = mpsc::channel(8);
@@ -1126,6 +1132,7 @@ async fn pooled_job_cannot_fake_its_exit_code() {
         finished.stdout(),
         "1\nsh -c echo $$; cat /proc/1/cmdline | tr '\\0' ' ' "
     );
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -1154,6 +1161,7 @@ async fn a_pool_container_serves_one_job_and_is_never_reused() {
     let stats = h.sandbox.warm_pool_stats().expect("a pool");
     assert_eq!(stats.claimed_total, 3);
     assert_eq!(stats.misses_total, 0);
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -1193,6 +1201,7 @@ async fn an_idle_pool_container_costs_no_cpu() {
         memory < 8 << 20,
         "an idle pool container uses {memory} bytes"
     );
+    h.finish().await;
 }
 
 #[tokio::test]
@@ -1213,6 +1222,7 @@ async fn pooled_and_cold_jobs_see_the_same_environment() {
     // `sort` put the value's second line elsewhere; both lines are there, verbatim.
     assert!(from_pool.stdout().contains("QUOTED=it's $HOME `x`\n"));
     assert!(from_pool.stdout().contains("\nline2\n"));
+    pooled.finish().await;
 }
 
 #[tokio::test]
@@ -1248,6 +1258,7 @@ async fn jobs_that_do_not_fit_the_profile_run_cold_and_an_empty_pool_is_a_miss()
     assert_eq!(stats.misses_total, 1);
     // And it refills.
     h.wait_idle(1).await;
+    h.finish().await;
 }
 
 #[tokio::test]
