@@ -10,6 +10,7 @@ use bollard::errors::Error as BollardError;
 use bollard::query_parameters::AttachContainerOptionsBuilder;
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::error::{engine_message, SandboxError};
@@ -29,27 +30,47 @@ pub(crate) struct ForwardSummary {
     pub(crate) receiver_dropped: bool,
 }
 
-/// Attaches to `container_id`'s stdout and stderr, live only (`logs=false`). Call before
-/// start; the stream ends when the container's output is closed.
-pub(crate) async fn attach_output(
+/// The write half of an attach with stdin: what is written reaches the container's stdin;
+/// shutting it down closes that stdin for good (the container is `stdin_once`).
+pub(crate) type AttachedInput = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Attaches to `container_id`'s stdout and stderr, and its stdin when `with_stdin`, live only
+/// (`logs=false`). Call before start; the output stream ends when the container's output is
+/// closed.
+pub(crate) async fn attach(
     docker: &Docker,
     container_id: &str,
     job_id: &str,
-) -> Result<AttachedOutput, SandboxError> {
+    with_stdin: bool,
+) -> Result<(Option<AttachedInput>, AttachedOutput), SandboxError> {
     let options = AttachContainerOptionsBuilder::new()
         .stream(true)
         .stdout(true)
         .stderr(true)
-        .stdin(false)
+        .stdin(with_stdin)
         .logs(false)
         .build();
     let attached = docker
         .attach_container(container_id, Some(options))
         .await
         .map_err(|err| SandboxError::engine("attach to container", job_id, &err))?;
-    // stdin is neither opened nor attached; the write half has nothing to say.
-    drop(attached.input);
-    Ok(attached.output)
+    // Without stdin the write half has nothing to say; dropping it closes nothing the job sees.
+    let input = with_stdin.then_some(attached.input);
+    Ok((input, attached.output))
+}
+
+/// Writes `bytes` to the container's stdin, then closes it so the job reads end of file.
+/// A job that exits without reading everything makes the write fail; that is its business,
+/// so the error is only traced.
+pub(crate) async fn write_stdin(mut input: AttachedInput, bytes: Vec<u8>, job_id: String) {
+    let written = async {
+        input.write_all(&bytes).await?;
+        input.flush().await?;
+        input.shutdown().await
+    };
+    if let Err(err) = written.await {
+        tracing::debug!(%job_id, error = %err, "stdin not fully delivered");
+    }
 }
 
 /// Forwards every frame of `attached` into `output` until the stream ends. Awaiting `send` on

@@ -44,6 +44,9 @@ pub struct SandboxSpec {
     pub tmp_size_bytes: i64,
     pub workdir_size_bytes: i64,
     pub mounts: Vec<BindMount>,
+    /// Bytes given to the command's standard input, followed by end of file. `None`: the
+    /// command reads end of file at once (stdin is not even opened).
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// A host path bind-mounted into the container.
@@ -247,6 +250,7 @@ mod tests {
             tmp_size_bytes: 16 << 20,
             workdir_size_bytes: 16 << 20,
             mounts: Vec::new(),
+            stdin: None,
         }
     }
 

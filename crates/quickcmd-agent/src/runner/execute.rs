@@ -91,6 +91,7 @@ fn sandbox_spec(config: &AgentConfig, job: &QueuedJob) -> SandboxSpec {
                 read_only: m.read_only,
             })
             .collect(),
+        stdin: None,
     }
 }
 
