@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 mod connection;
 mod db;
+mod flood;
 mod metrics;
 mod privileges;
 mod queue;

@@ -119,6 +119,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     println!("listening on {scheme}://{shown}");
 
     let purge = tokio::spawn(purge_loop(agent.clone()));
+    let refusal_summaries = tokio::spawn(refusal_summary_loop(agent.clone()));
     let graceful = GracefulShutdown::new();
     let app = api::router(agent.clone());
     // The cap is fixed at start; a reload that changes it is warned about.
@@ -208,6 +209,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         tracing::warn!("some connections did not close within 5 s");
     }
     agent.sandbox.shutdown_warm_pool().await;
+    refusal_summaries.abort();
+    write_refusal_summaries(&agent, agent.refusals.take_all()).await;
     let event = AuditEvent::new(AuditKind::Shutdown);
     if let Err(error) = agent.audit.append(event).await {
         tracing::error!(%error, "could not audit the shutdown");
@@ -339,6 +342,24 @@ async fn recover(agent: &Arc<Agent>) -> Result<()> {
         .await
         .context("cannot write to the audit log")?;
     Ok(())
+}
+
+/// Writes the summary row of every refusal window that ended (`flood.rs`).
+async fn refusal_summary_loop(agent: Arc<Agent>) {
+    let mut timer = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        timer.tick().await;
+        let ended = agent.refusals.take_ended(std::time::Instant::now());
+        write_refusal_summaries(&agent, ended).await;
+    }
+}
+
+async fn write_refusal_summaries(agent: &Agent, summaries: Vec<AuditEvent>) {
+    for summary in summaries {
+        if let Err(error) = agent.audit.append(summary).await {
+            tracing::error!(%error, "could not audit a summary of refused submissions");
+        }
+    }
 }
 
 async fn purge_loop(agent: Arc<Agent>) {

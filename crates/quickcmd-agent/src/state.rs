@@ -6,9 +6,11 @@ use std::sync::{Arc, RwLock};
 
 use quickcmd_protocol::AuditWitness;
 use quickcmd_sandbox::DockerSandbox;
+use tokio::sync::Semaphore;
 
 use crate::audit::{AuditLog, ChainHead};
 use crate::config::AgentConfig;
+use crate::flood::RefusalLog;
 use crate::metrics::Metrics;
 use crate::queue::JobQueue;
 use crate::store::Store;
@@ -20,6 +22,10 @@ pub(crate) struct Agent {
     pub sandbox: DockerSandbox,
     pub metrics: Metrics,
     pub jobs: JobQueue,
+    /// Submit bodies being parsed and verified on the blocking pool at once: one per CPU.
+    pub body_checks: Arc<Semaphore>,
+    /// Per-source windows that keep the audit of a flood of refusals bounded.
+    pub refusals: RefusalLog,
     shutting_down: AtomicBool,
 }
 
@@ -37,6 +43,10 @@ impl Agent {
             sandbox,
             metrics: Metrics::default(),
             jobs: JobQueue::default(),
+            body_checks: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
+            refusals: RefusalLog::default(),
             shutting_down: AtomicBool::new(false),
         })
     }

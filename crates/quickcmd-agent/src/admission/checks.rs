@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use quickcmd_protocol::{ErrorCode, JobPayload};
-use quickcmd_sandbox::DEFAULT_WORKDIR;
+use quickcmd_sandbox::{SandboxError, DEFAULT_WORKDIR};
 
 use super::Refusal;
 use crate::config::{AgentConfig, ControllerGrant};
-use crate::queue::ResolvedSandbox;
+use crate::queue::{QueuedJob, ResolvedSandbox};
+use crate::runner;
 
 /// TTL and timestamp against the agent's clock (rows 6–9 of the check table).
 pub(crate) fn check_clock(
@@ -202,6 +203,19 @@ pub(crate) fn resolve_sandbox(
         env,
         workdir,
     })
+}
+
+/// The sandbox's own checks (`SandboxSpec::validate`) on the very spec the runner will
+/// build for this job, so admission never answers 202 for a job the sandbox would refuse.
+pub(crate) fn check_spec(config: &AgentConfig, job: &QueuedJob) -> Result<(), Refusal> {
+    match runner::sandbox_spec(config, job).validate() {
+        Ok(()) => Ok(()),
+        Err(SandboxError::InvalidSpec { message, .. }) => Err(Refusal::new(
+            ErrorCode::InvalidPayload,
+            format!("the sandbox refuses this job: {message}"),
+        )),
+        Err(other) => Err(Refusal::new(ErrorCode::InvalidPayload, other.to_string())),
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! | 4    | clock window and TTL            | 401 (`checks::check_clock`)     |
 //! | 5    | job-id replay                   | 409 `DUPLICATE_JOB`, or 202     |
 //! | 6    | scopes, image, caps             | 403/400, stored as `rejected`   |
-//! | 7    | queue slot                      | 429 `QUEUE_FULL` + `Retry-After`|
+//! | 6b   | the sandbox's own spec checks   | 400 `INVALID_PAYLOAD`           |
+//! | 7    | queue slot (agent, controller)  | 429 `QUEUE_FULL` + `Retry-After`|
 //!
 //! Then acceptance: the audit row first (else 500 `AUDIT_UNAVAILABLE`), the job stored
 //! `pending`, and the queue. A new check is one more step in [`admit`].
@@ -21,15 +22,16 @@ mod checks;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use quickcmd_protocol::{
-    verify_submit, ErrorCode, JobPayload, JobStatus, SignatureRefusal, SignedForm, SubmitRequest,
-    ALGORITHM,
+    parse_submit, verify_submit, ErrorCode, JobPayload, JobStatus, PayloadError, SignatureRefusal,
+    SignedForm, SubmitRequest, ALGORITHM,
 };
 
 pub(crate) use self::attempt::Attempt;
 use crate::clock;
 use crate::config::{AgentConfig, ControllerGrant};
-use crate::queue::{QueuedJob, Reservation, ResolvedSandbox};
+use crate::queue::{Capacity, QueueFull, QueuedJob, Reservation};
 use crate::runner;
 use crate::state::Agent;
 use crate::store::{InsertOutcome, JobRecord, NewJob, StoreError};
@@ -73,6 +75,11 @@ pub(crate) enum Refused {
     /// Already logged; not audited again (the log is what failed) and not counted.
     /// `disk_full`: the write failed for want of space (answered 507 `STORAGE_FULL`).
     AuditUnavailable { disk_full: bool },
+    /// The body is not a well-formed submit request (step 0). Audited and counted.
+    Body(PayloadError),
+    /// The agent failed in a way no client can fix (a body check did not finish).
+    /// Already logged; audited and counted like a check.
+    Internal,
 }
 
 impl From<Refusal> for Refused {
@@ -94,26 +101,38 @@ pub(crate) struct Admitted {
     pub status: JobStatus,
 }
 
-/// The verified request with the bytes its signature covers.
-struct Signed<'a> {
-    request: &'a SubmitRequest<'a>,
+/// A submission whose body parsed and whose signature verified, with the bytes that
+/// signature covers. Owned, so it can come back from the blocking pool.
+struct Signed {
+    payload: JobPayload,
+    signature: String,
     /// The signed bytes as text (the raw payload or its Go form).
     text: String,
     /// Whether the signature matched the Go form rather than the raw bytes.
     canonical: bool,
 }
 
-impl<'a> Signed<'a> {
-    fn new(request: &'a SubmitRequest<'a>, form: &SignedForm) -> Signed<'a> {
+impl Signed {
+    fn new(request: SubmitRequest<'_>, form: SignedForm) -> Signed {
+        let text = String::from_utf8_lossy(form.signed_bytes(&request)).into_owned();
         Signed {
-            request,
-            text: String::from_utf8_lossy(form.signed_bytes(request)).into_owned(),
-            canonical: *form != SignedForm::Raw,
+            text,
+            canonical: form != SignedForm::Raw,
+            signature: request.signature,
+            payload: request.payload,
         }
     }
 
     fn payload(&self) -> &JobPayload {
-        &self.request.payload
+        &self.payload
+    }
+
+    fn form_name(&self) -> &'static str {
+        if self.canonical {
+            "go_canonical"
+        } else {
+            "raw"
+        }
     }
 
     /// The row the store keeps for this job; the only place a `NewJob` is built.
@@ -130,7 +149,7 @@ impl<'a> Signed<'a> {
             command: payload.command.clone(),
             prompt: payload.prompt.clone(),
             payload_json: self.text.clone(),
-            signature: self.request.signature.to_ascii_lowercase(),
+            signature: self.signature.to_ascii_lowercase(),
             canonical: self.canonical,
             sandbox_json,
             ttl: payload.ttl,
@@ -146,30 +165,118 @@ impl<'a> Signed<'a> {
     /// signature), not merely the same id.
     fn is_same_as(&self, existing: &JobRecord) -> bool {
         existing.payload_json == self.text
-            && existing
-                .signature
-                .eq_ignore_ascii_case(&self.request.signature)
+            && existing.signature.eq_ignore_ascii_case(&self.signature)
     }
 }
 
-/// Runs the check table in order and, when every check passes, accepts the job.
+/// Runs the check table in order on a body that was read and, when every check passes,
+/// accepts the job. Returns what is known of the attempt (for the refusal's audit row)
+/// with the outcome.
 pub(crate) async fn admit(
     agent: &Arc<Agent>,
-    attempt: &Attempt,
-    request: &SubmitRequest<'_>,
-) -> Result<Admitted, Refused> {
+    remote: String,
+    body: Bytes,
+) -> (Attempt, Result<Admitted, Refused>) {
     let config = agent.config();
-    let payload = &request.payload;
-    check_algorithm(request)?;
-    let grant = allowed_controller(&config, payload)?;
-    let form = check_signature(grant, request)?;
-    checks::check_clock(payload, clock::now_unix(), &config)?;
-    let signed = Signed::new(request, &form);
+    let (attempt, signed) = match verify_off_runtime(agent, &config, remote, body).await {
+        (attempt, Ok(signed)) => (attempt, signed),
+        (attempt, Err(refused)) => return (attempt, Err(refused)),
+    };
+    let outcome = admit_signed(agent, &config, &attempt, signed).await;
+    (attempt, outcome)
+}
+
+/// Steps 0–3 (parse, algorithm, controller, signature) off the async workers.
+async fn verify_off_runtime(
+    agent: &Agent,
+    config: &Arc<AgentConfig>,
+    remote: String,
+    body: Bytes,
+) -> (Attempt, Result<Signed, Refused>) {
+    let config = config.clone();
+    let fallback = remote.clone();
+    off_runtime(agent, move || verify_body(&config, remote, &body))
+        .await
+        .unwrap_or_else(|| (Attempt::unread(fallback), Err(Refused::Internal)))
+}
+
+/// What a body that will not be admitted says about itself (for its audit row), read off
+/// the async workers.
+pub(crate) async fn describe(agent: &Agent, remote: String, body: Bytes) -> Attempt {
+    let fallback = remote.clone();
+    off_runtime(agent, move || Attempt::from_unparsed(remote, &body))
+        .await
+        .unwrap_or_else(|| Attempt::unread(fallback))
+}
+
+/// Runs CPU work on untrusted bytes on the blocking pool, at most [`Agent::body_checks`] at
+/// once: it never holds an async worker, and a flood of large bodies cannot take every
+/// core. `None` if the work panicked (logged).
+async fn off_runtime<T: Send + 'static>(
+    agent: &Agent,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    // The semaphore is never closed, so this is always a permit.
+    let permit = agent.body_checks.clone().acquire_owned().await.ok()?;
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    });
+    match task.await {
+        Ok(value) => Some(value),
+        Err(join_error) => {
+            tracing::error!(%join_error, "checking a submit body failed");
+            None
+        }
+    }
+}
+
+/// Steps 0–3 as plain CPU work: the body's shape, then algorithm, controller, signature.
+fn verify_body(
+    config: &AgentConfig,
+    remote: String,
+    body: &[u8],
+) -> (Attempt, Result<Signed, Refused>) {
+    let request = match parse_submit(body) {
+        Ok(request) => request,
+        Err(error) => {
+            return (
+                Attempt::from_unparsed(remote, body),
+                Err(Refused::Body(error)),
+            )
+        }
+    };
+    let mut attempt = Attempt::from_request(remote, &request);
+    let verified = check_algorithm(&request)
+        .and_then(|()| allowed_controller(config, &request.payload))
+        .and_then(|grant| check_signature(grant, &request));
+    match verified {
+        Ok(form) => {
+            attempt.verified = true;
+            (attempt, Ok(Signed::new(request, form)))
+        }
+        Err(refusal) => (attempt, Err(refusal.into())),
+    }
+}
+
+/// Steps 4–7 and acceptance, for a body whose signature verified.
+async fn admit_signed(
+    agent: &Arc<Agent>,
+    config: &AgentConfig,
+    attempt: &Attempt,
+    signed: Signed,
+) -> Result<Admitted, Refused> {
+    let payload = signed.payload();
+    checks::check_clock(payload, clock::now_unix(), config)?;
+    let Some(grant) = config.controller(&payload.controller_id) else {
+        // The config was read once for this request, so this cannot happen; refuse anyway.
+        return Err(Refused::Internal);
+    };
 
     if let Some(existing) = agent.store.get_job(&payload.job_id).await? {
         return resubmission(agent, attempt, &signed, existing).await;
     }
-    let sandbox = match checks::resolve_sandbox(payload, grant, &config) {
+    let sandbox = match checks::resolve_sandbox(payload, grant, config) {
         Ok(sandbox) => sandbox,
         Err(refusal) => {
             // A malformed request is refused; a well-formed one over its rights or the
@@ -180,8 +287,16 @@ pub(crate) async fn admit(
             return Err(refusal.into());
         }
     };
-    let reservation = reserve_slot(agent, &config)?;
-    accept(agent, attempt, &signed, &form, sandbox, reservation).await
+    let job = QueuedJob {
+        job_id: payload.job_id.clone(),
+        controller_id: payload.controller_id.clone(),
+        command: payload.command.clone(),
+        ttl: payload.ttl,
+        sandbox,
+    };
+    checks::check_spec(config, &job)?;
+    let reservation = reserve_slot(agent, config, &payload.controller_id)?;
+    accept(agent, attempt, &signed, job, reservation).await
 }
 
 /// Step 1: the one algorithm protocol-v1 knows.
@@ -233,38 +348,50 @@ fn check_signature(
     })
 }
 
-/// Step 7: a run slot, promised until the job is queued.
-fn reserve_slot(agent: &Agent, config: &AgentConfig) -> Result<Reservation, Refusal> {
-    agent
-        .jobs
-        .reserve(config.max_concurrent_jobs + config.max_queued_jobs)
-        .ok_or_else(|| Refusal {
-            retry_after_seconds: Some(QUEUE_FULL_RETRY_AFTER),
-            ..Refusal::new(
-                ErrorCode::QueueFull,
-                format!(
-                    "the agent is running {} jobs and has {} waiting; retry later",
-                    config.max_concurrent_jobs, config.max_queued_jobs
-                ),
-            )
-        })
+/// Step 7: a run slot, promised until the job is queued, within the agent's capacity and
+/// the controller's quota.
+fn reserve_slot(
+    agent: &Agent,
+    config: &AgentConfig,
+    controller_id: &str,
+) -> Result<Reservation, Refusal> {
+    let capacity = Capacity {
+        agent: config
+            .max_concurrent_jobs
+            .saturating_add(config.max_queued_jobs),
+        controller: config
+            .max_running_jobs_per_controller
+            .saturating_add(config.max_queued_jobs_per_controller),
+    };
+    let message = match agent.jobs.reserve(controller_id, capacity) {
+        Ok(reservation) => return Ok(reservation),
+        Err(QueueFull::Agent) => format!(
+            "the agent is running {} jobs and has {} waiting; retry later",
+            config.max_concurrent_jobs, config.max_queued_jobs
+        ),
+        Err(QueueFull::Controller) => format!(
+            "controller `{controller_id}` holds its quota of {} running \
+             (max_running_jobs_per_controller) and {} waiting \
+             (max_queued_jobs_per_controller) jobs; retry later",
+            config.max_running_jobs_per_controller, config.max_queued_jobs_per_controller
+        ),
+    };
+    Err(Refusal {
+        retry_after_seconds: Some(QUEUE_FULL_RETRY_AFTER),
+        ..Refusal::new(ErrorCode::QueueFull, message)
+    })
 }
 
 /// Acceptance: the audit row, then the stored `pending` job, then the queue.
 async fn accept(
     agent: &Arc<Agent>,
     attempt: &Attempt,
-    signed: &Signed<'_>,
-    form: &SignedForm,
-    sandbox: ResolvedSandbox,
+    signed: &Signed,
+    job: QueuedJob,
     reservation: Reservation,
 ) -> Result<Admitted, Refused> {
     let payload = signed.payload();
-    let signed_form = match form {
-        SignedForm::Raw => "raw",
-        SignedForm::GoCanonical(_) => "go_canonical",
-    };
-    let details = serde_json::json!({ "signed_form": signed_form, "sandbox": sandbox });
+    let details = serde_json::json!({ "signed_form": signed.form_name(), "sandbox": job.sandbox });
     if let Err(error) = agent
         .audit
         .append(attempt.event(true, None, Some("pending"), details))
@@ -274,7 +401,7 @@ async fn accept(
         let disk_full = crate::db::is_disk_full(&error);
         return Err(Refused::AuditUnavailable { disk_full });
     }
-    let sandbox_json = serde_json::to_string(&sandbox).ok();
+    let sandbox_json = serde_json::to_string(&job.sandbox).ok();
     let new_job = signed.new_job(JobStatus::Pending, sandbox_json, None);
     match agent.store.insert_job(new_job).await? {
         InsertOutcome::Inserted => {}
@@ -285,17 +412,7 @@ async fn accept(
         }
     }
     agent.metrics.job_accepted();
-    runner::enqueue(
-        agent,
-        reservation,
-        QueuedJob {
-            job_id: payload.job_id.clone(),
-            controller_id: payload.controller_id.clone(),
-            command: payload.command.clone(),
-            ttl: payload.ttl,
-            sandbox,
-        },
-    );
+    runner::enqueue(agent, reservation, job);
     tracing::info!(job_id = %payload.job_id, controller = %payload.controller_id, remote = %attempt.remote, "job accepted");
     Ok(Admitted {
         job_id: payload.job_id.clone(),
@@ -308,7 +425,7 @@ async fn accept(
 async fn resubmission(
     agent: &Agent,
     attempt: &Attempt,
-    signed: &Signed<'_>,
+    signed: &Signed,
     existing: JobRecord,
 ) -> Result<Admitted, Refused> {
     if !signed.is_same_as(&existing) {
@@ -337,7 +454,7 @@ async fn resubmission(
 }
 
 /// Step 6 refused a well-formed job: keep it as `rejected` (best effort; logged).
-async fn store_rejected(agent: &Agent, signed: &Signed<'_>, refusal: &Refusal) {
+async fn store_rejected(agent: &Agent, signed: &Signed, refusal: &Refusal) {
     let payload = signed.payload();
     let sandbox_json = payload
         .sandbox

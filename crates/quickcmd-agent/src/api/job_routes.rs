@@ -87,7 +87,7 @@ async fn result_of(agent: &Agent, job: &JobRecord) -> Result<JobResult, ApiError
         start_time: clock::rfc3339_ms(start_ms),
         end_time: clock::rfc3339_ms(end_ms),
         duration_ms: if job.started_at_ms.is_some() {
-            end_ms - start_ms
+            end_ms.saturating_sub(start_ms)
         } else {
             0
         },

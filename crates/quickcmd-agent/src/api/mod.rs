@@ -142,6 +142,11 @@ impl From<Refused> for ApiError {
                 ErrorCode::AuditUnavailable,
                 "the audit log cannot be written, so no job is accepted",
             ),
+            Refused::Body(error) => error.into(),
+            Refused::Internal => ApiError::new(
+                ErrorCode::Internal,
+                "the agent could not check this submission; retry later",
+            ),
         }
     }
 }

@@ -236,7 +236,13 @@ async fn replay_stored(agent: &Agent, socket: WebSocket, job: &JobRecord, since:
     }
     let last = LogFrame {
         audit: agent.job_witness(job_id, controller_id).await,
-        ..final_frame(job_id, last_seq + 1, status, exit_code, ended_ms)
+        ..final_frame(
+            job_id,
+            last_seq.saturating_add(1),
+            status,
+            exit_code,
+            ended_ms,
+        )
     };
     if last.seq > since && send_timed(agent, &mut socket, text(&last)).await.is_err() {
         return;

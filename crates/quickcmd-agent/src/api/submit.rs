@@ -4,13 +4,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use quickcmd_protocol::{parse_submit, ErrorCode, SubmitResponse, MAX_BODY_BYTES};
+use quickcmd_protocol::{ErrorCode, SubmitResponse, MAX_BODY_BYTES};
 
 use super::ApiError;
 use crate::admission::{self, Admitted, Attempt, Refused};
@@ -35,39 +36,43 @@ pub(super) async fn submit(
             ErrorCode::ShuttingDown,
             "the agent is shutting down and takes no new jobs; retry on another agent or later",
         );
-        return refuse(&agent, &Attempt::from_unparsed(remote, &bytes), error).await;
+        let attempt = admission::describe(&agent, remote, bytes).await;
+        return refuse(&agent, &attempt, error).await;
     }
-    let request = match parse_submit(&bytes) {
-        Ok(request) => request,
-        Err(error) => {
-            let attempt = Attempt::from_unparsed(remote, &bytes);
-            return refuse(&agent, &attempt, error.into()).await;
-        }
-    };
-    let attempt = Attempt::from_request(remote, &request);
-    match admission::admit(&agent, &attempt, &request).await {
-        Ok(Admitted { job_id, status }) => (
+    match admission::admit(&agent, remote, bytes).await {
+        (_, Ok(Admitted { job_id, status })) => (
             StatusCode::ACCEPTED,
             Json(SubmitResponse { job_id, status }),
         )
             .into_response(),
         // Nothing to audit it in: answered, not audited nor counted.
-        Err(refused @ Refused::AuditUnavailable { .. }) => ApiError::from(refused).into_response(),
-        Err(refused) => refuse(&agent, &attempt, refused.into()).await,
+        (_, Err(refused @ Refused::AuditUnavailable { .. })) => {
+            ApiError::from(refused).into_response()
+        }
+        (attempt, Err(refused)) => refuse(&agent, &attempt, refused.into()).await,
     }
 }
 
-/// Refuses: audits the attempt (a failed audit write is logged; the answer stays the
+/// Refuses: audits the attempt (a small row; under a flood from one source, a count in
+/// that source's summary row; a failed audit write is logged and the answer stays the
 /// refusal) and counts it.
 async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError) -> Response {
     agent.metrics.refusal(error.code.as_str());
-    let details = serde_json::json!({ "error": error.message, "details": error.details });
-    if let Err(audit_error) = agent
-        .audit
-        .append(attempt.event(false, Some(error.code), None, details))
-        .await
-    {
-        tracing::error!(%audit_error, code = error.code.as_str(), "could not audit a refused submission");
+    let decision = agent.refusals.record(
+        &attempt.source(),
+        error.code.as_str(),
+        agent.config().audit_refusals_per_source_per_minute,
+        Instant::now(),
+    );
+    let mut rows = decision.summaries;
+    if decision.write_row {
+        let details = serde_json::json!({ "error": error.message, "details": error.details });
+        rows.push(attempt.refusal_event(error.code, details));
+    }
+    for row in rows {
+        if let Err(audit_error) = agent.audit.append(row).await {
+            tracing::error!(%audit_error, code = error.code.as_str(), "could not audit a refused submission");
+        }
     }
     tracing::info!(
         job_id = attempt.job_id.as_deref().unwrap_or("-"),

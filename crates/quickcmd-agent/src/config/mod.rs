@@ -94,6 +94,10 @@ pub struct AgentConfig {
     pub controllers: BTreeMap<String, ControllerGrant>,
     pub max_concurrent_jobs: usize,
     pub max_queued_jobs: usize,
+    /// Jobs one controller may run at once (≤ `max_concurrent_jobs`).
+    pub max_running_jobs_per_controller: usize,
+    /// Jobs one controller may have waiting (≤ `max_queued_jobs`).
+    pub max_queued_jobs_per_controller: usize,
     pub limits: SandboxLimits,
     pub max_output_bytes: usize,
     pub clock_skew_seconds: i64,
@@ -108,6 +112,10 @@ pub struct AgentConfig {
     pub run_as_group: Option<String>,
     pub shutdown_grace: Duration,
     pub stream_buffer_frames: usize,
+    /// Stored frames per stream of one job (head half, tail half).
+    pub max_output_frames: usize,
+    /// Refusal rows per source address per minute before they are only counted.
+    pub audit_refusals_per_source_per_minute: u32,
     /// Connection cap and timeouts; the cap takes effect only at start.
     pub connections: ConnectionLimits,
     /// Containers of the default sandbox profile kept started ahead of time; 0: none.
@@ -358,6 +366,27 @@ impl Validator<'_> {
         if raw.max_concurrent_jobs == 0 {
             return Err(self.invalid("max_concurrent_jobs", "must be at least 1"));
         }
+        let max_running_jobs_per_controller = raw
+            .max_running_jobs_per_controller
+            .unwrap_or(raw.max_concurrent_jobs);
+        if !(1..=raw.max_concurrent_jobs).contains(&max_running_jobs_per_controller) {
+            return Err(self.invalid(
+                "max_running_jobs_per_controller",
+                format!(
+                    "must be from 1 to max_concurrent_jobs ({})",
+                    raw.max_concurrent_jobs
+                ),
+            ));
+        }
+        let max_queued_jobs_per_controller = raw
+            .max_queued_jobs_per_controller
+            .unwrap_or(raw.max_queued_jobs);
+        if max_queued_jobs_per_controller > raw.max_queued_jobs {
+            return Err(self.invalid(
+                "max_queued_jobs_per_controller",
+                format!("must be at most max_queued_jobs ({})", raw.max_queued_jobs),
+            ));
+        }
         if raw.allowed_images.is_empty() {
             return Err(self.invalid("allowed_images", "must list at least one image"));
         }
@@ -441,6 +470,12 @@ impl Validator<'_> {
                 return Err(self.invalid("log_format", format!("`{other}` is not text or json")))
             }
         };
+        if raw.audit_refusals_per_source_per_minute == 0 {
+            return Err(self.invalid("audit_refusals_per_source_per_minute", "must be at least 1"));
+        }
+        if raw.max_output_frames < 2 {
+            return Err(self.invalid("max_output_frames", "must be at least 2"));
+        }
         if raw.stream_buffer_frames < 16 {
             return Err(self.invalid("stream_buffer_frames", "must be at least 16"));
         }
@@ -471,6 +506,8 @@ impl Validator<'_> {
             controllers,
             max_concurrent_jobs: raw.max_concurrent_jobs,
             max_queued_jobs: raw.max_queued_jobs,
+            max_running_jobs_per_controller,
+            max_queued_jobs_per_controller,
             limits: SandboxLimits {
                 allowed_images: raw.allowed_images.clone(),
                 default_image,
@@ -499,6 +536,8 @@ impl Validator<'_> {
             run_as_group: raw.run_as_group.clone(),
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
             stream_buffer_frames: raw.stream_buffer_frames,
+            max_output_frames: raw.max_output_frames,
+            audit_refusals_per_source_per_minute: raw.audit_refusals_per_source_per_minute,
             connections,
             warm_pool_size: raw.warm_pool_size,
             warnings: Vec::new(),

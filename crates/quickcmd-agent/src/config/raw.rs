@@ -29,6 +29,10 @@ pub struct RawConfig {
     pub max_concurrent_jobs: usize,
     /// Accepted jobs waiting for a slot; beyond this, 429 QUEUE_FULL.
     pub max_queued_jobs: usize,
+    /// Jobs one controller may run at once; unset: `max_concurrent_jobs`.
+    pub max_running_jobs_per_controller: Option<usize>,
+    /// Jobs one controller may have waiting; unset: `max_queued_jobs`.
+    pub max_queued_jobs_per_controller: Option<usize>,
     pub allowed_images: Vec<String>,
     pub default_image: Option<String>,
     pub run_as_user: Option<String>,
@@ -66,6 +70,12 @@ pub struct RawConfig {
     pub shutdown_grace_seconds: u64,
     /// Frames a WebSocket subscriber may fall behind before it is dropped (close 1008).
     pub stream_buffer_frames: usize,
+    /// Frames stored per stream of one job (half head, half tail); beyond, the middle is
+    /// dropped with a marker, as for `max_output_bytes`.
+    pub max_output_frames: usize,
+    /// Refused submissions from one source address audited row by row per minute; beyond,
+    /// counted into one summary row per source per minute.
+    pub audit_refusals_per_source_per_minute: u32,
     /// Open client connections (TLS handshakes and WebSockets included); beyond this a new
     /// connection is closed at once.
     pub max_connections: usize,
@@ -122,6 +132,8 @@ impl Default for RawConfig {
             controllers: Vec::new(),
             max_concurrent_jobs: 5,
             max_queued_jobs: 100,
+            max_running_jobs_per_controller: None,
+            max_queued_jobs_per_controller: None,
             allowed_images: vec!["alpine:latest".to_string()],
             default_image: None,
             run_as_user: None,
@@ -148,6 +160,8 @@ impl Default for RawConfig {
             audit_db_path: None,
             shutdown_grace_seconds: 30,
             stream_buffer_frames: 1024,
+            max_output_frames: crate::stream::DEFAULT_MAX_OUTPUT_FRAMES,
+            audit_refusals_per_source_per_minute: crate::flood::DEFAULT_ROWS_PER_WINDOW,
             max_connections: 1024,
             header_read_timeout_seconds: 10,
             body_read_timeout_seconds: 30,

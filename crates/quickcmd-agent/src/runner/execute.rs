@@ -8,6 +8,7 @@ use quickcmd_protocol::{reason, JobStatus, StreamName};
 use quickcmd_sandbox::{BindMount, OutputChunk, SandboxError, SandboxOutcome, SandboxSpec};
 use tokio::sync::{mpsc, oneshot};
 
+use super::coalesce::Coalescer;
 use super::ending::{self, JobEnd};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::clock;
@@ -63,7 +64,7 @@ pub(super) async fn execute(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<Live
 }
 
 /// The container this job gets: its resolved sandbox plus the agent-wide limits.
-fn sandbox_spec(config: &AgentConfig, job: &QueuedJob) -> SandboxSpec {
+pub(crate) fn sandbox_spec(config: &AgentConfig, job: &QueuedJob) -> SandboxSpec {
     let sandbox = &job.sandbox;
     let limits = &config.limits;
     SandboxSpec {
@@ -95,6 +96,14 @@ fn sandbox_spec(config: &AgentConfig, job: &QueuedJob) -> SandboxSpec {
     }
 }
 
+/// Sleeps until `deadline`; forever when there is none (the branch is disabled then).
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the sandbox on its own task and pumps its output into the job's stream (flushing
 /// stored frames every [`FLUSH_EVERY`]) until the output ends. Returns the sandbox's result
 /// and the container id, if the container was started.
@@ -113,16 +122,20 @@ async fn run_sandbox(
     };
 
     let mut flush_timer = tokio::time::interval(FLUSH_EVERY);
+    let mut coalescer = Coalescer::default();
     loop {
+        let deadline = coalescer.deadline();
         tokio::select! {
             chunk = output_rx.recv() => match chunk {
-                Some(OutputChunk::Stdout(bytes)) => live.stream.push(StreamName::Stdout, &bytes),
-                Some(OutputChunk::Stderr(bytes)) => live.stream.push(StreamName::Stderr, &bytes),
+                Some(OutputChunk::Stdout(bytes)) => coalescer.add(&live.stream, StreamName::Stdout, &bytes),
+                Some(OutputChunk::Stderr(bytes)) => coalescer.add(&live.stream, StreamName::Stderr, &bytes),
                 None => break,
             },
+            () = sleep_until_some(deadline), if deadline.is_some() => coalescer.flush(&live.stream),
             _ = flush_timer.tick() => ending::flush(agent, &job.job_id, live).await,
         }
     }
+    coalescer.flush(&live.stream);
     let container_id = started_rx.await.ok();
     let result = match runner.await {
         Ok(result) => result,

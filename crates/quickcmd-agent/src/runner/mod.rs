@@ -3,8 +3,10 @@
 //! `queue`; this module drives it.
 //!
 //! - `execute.rs`: one job from slot to sandbox exit (start audit, spec, output pump);
+//! - `coalesce.rs`: small output writes gathered into frames (by size and a few ms);
 //! - `ending.rs`: how the job ended, and writing that end everywhere it goes.
 
+mod coalesce;
 mod ending;
 mod execute;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use quickcmd_protocol::reason;
 
 use self::ending::JobEnd;
+pub(crate) use self::execute::sandbox_spec;
 use crate::clock;
 use crate::queue::{LiveJob, QueuedJob, Reservation};
 use crate::state::Agent;
@@ -27,9 +30,10 @@ pub(crate) enum CancelOutcome {
 /// Turns a reservation into a queued job and starts what can start.
 pub(crate) fn enqueue(agent: &Arc<Agent>, reservation: Reservation, job: QueuedJob) {
     let config = agent.config();
-    let stream = JobStream::new(
+    let stream = JobStream::with_frame_cap(
         &job.job_id,
         config.max_output_bytes,
+        config.max_output_frames,
         config.stream_buffer_frames,
     );
     let live = Arc::new(LiveJob::new(stream));
@@ -39,8 +43,13 @@ pub(crate) fn enqueue(agent: &Arc<Agent>, reservation: Reservation, job: QueuedJ
 
 /// Starts waiting jobs while run slots are free.
 fn start_next(agent: &Arc<Agent>) {
-    let max = agent.config().max_concurrent_jobs;
-    for (job, live) in agent.jobs.take_startable(max, &agent.metrics) {
+    let config = agent.config();
+    let startable = agent.jobs.take_startable(
+        config.max_concurrent_jobs,
+        config.max_running_jobs_per_controller,
+        &agent.metrics,
+    );
+    for (job, live) in startable {
         let agent = agent.clone();
         tokio::spawn(async move { run_job(agent, job, live).await });
     }

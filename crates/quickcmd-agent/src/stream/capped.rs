@@ -1,6 +1,8 @@
 //! The cap on stored output of one stream: the first half of `max_output_bytes` is kept as
 //! it comes, the last half in a ring; what falls out between them is counted and replaced
-//! by one marker frame. Live subscribers still see every frame.
+//! by one marker frame. The frames kept are bounded too (`max_frames`, half for the head,
+//! half for the tail), so a job writing many tiny frames cannot grow the store or memory
+//! without bound. Live subscribers still see every frame.
 
 use std::collections::VecDeque;
 
@@ -10,6 +12,8 @@ pub(crate) struct CappedStream {
     name: StreamName,
     head_budget: usize,
     tail_budget: usize,
+    head_frames: usize,
+    tail_frames: usize,
     head: Vec<LogFrame>,
     head_bytes: usize,
     /// Set once a frame did not fit in the head; everything after goes to the tail.
@@ -22,12 +26,15 @@ pub(crate) struct CappedStream {
 }
 
 impl CappedStream {
-    pub(crate) fn new(name: StreamName, max_bytes: usize) -> CappedStream {
+    pub(crate) fn new(name: StreamName, max_bytes: usize, max_frames: usize) -> CappedStream {
         let head_budget = max_bytes / 2;
+        let head_frames = (max_frames / 2).max(1);
         CappedStream {
             name,
             head_budget,
             tail_budget: max_bytes - head_budget,
+            head_frames,
+            tail_frames: max_frames.saturating_sub(head_frames).max(1),
             head: Vec::new(),
             head_bytes: 0,
             overflowed: false,
@@ -42,7 +49,10 @@ impl CappedStream {
     /// tail frames are stored when the stream ends.
     pub(crate) fn accept(&mut self, frame: &LogFrame) -> bool {
         let size = frame.data.len();
-        if !self.overflowed && self.head_bytes + size <= self.head_budget {
+        if !self.overflowed
+            && self.head_bytes.saturating_add(size) <= self.head_budget
+            && self.head.len() < self.head_frames
+        {
             self.head_bytes += size;
             self.head.push(frame.clone());
             return true;
@@ -50,7 +60,7 @@ impl CappedStream {
         self.overflowed = true;
         self.tail_bytes += size;
         self.tail.push_back(frame.clone());
-        while self.tail_bytes > self.tail_budget {
+        while self.tail_bytes > self.tail_budget || self.tail.len() > self.tail_frames {
             let Some(oldest) = self.tail.pop_front() else {
                 break;
             };

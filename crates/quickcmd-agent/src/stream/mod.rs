@@ -15,6 +15,9 @@ pub(crate) use utf8::Utf8Chunker;
 
 use crate::clock;
 
+/// Stored frames per stream when the config says nothing (`max_output_frames`).
+pub(crate) const DEFAULT_MAX_OUTPUT_FRAMES: usize = 4096;
+
 /// Byte count, hash and truncation of one stream once the job has ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StreamSummary {
@@ -33,10 +36,10 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn new(name: StreamName, max_bytes: usize) -> StreamState {
+    fn new(name: StreamName, max_bytes: usize, max_frames: usize) -> StreamState {
         StreamState {
             chunker: Utf8Chunker::default(),
-            capped: CappedStream::new(name, max_bytes),
+            capped: CappedStream::new(name, max_bytes, max_frames),
             hasher: Sha256::new(),
             bytes: 0,
         }
@@ -101,14 +104,26 @@ pub(crate) struct Subscription {
 }
 
 impl JobStream {
+    #[cfg(test)]
     pub(crate) fn new(job_id: &str, max_output_bytes: usize, buffer: usize) -> JobStream {
+        JobStream::with_frame_cap(job_id, max_output_bytes, DEFAULT_MAX_OUTPUT_FRAMES, buffer)
+    }
+
+    /// A stream that stores at most `max_output_bytes` and `max_output_frames` frames of
+    /// each of stdout and stderr (head and tail), plus the marker.
+    pub(crate) fn with_frame_cap(
+        job_id: &str,
+        max_output_bytes: usize,
+        max_output_frames: usize,
+        buffer: usize,
+    ) -> JobStream {
         let (sender, _) = broadcast::channel(buffer.max(1));
         JobStream {
             job_id: job_id.to_string(),
             inner: Mutex::new(Inner {
                 seq: 0,
-                stdout: StreamState::new(StreamName::Stdout, max_output_bytes),
-                stderr: StreamState::new(StreamName::Stderr, max_output_bytes),
+                stdout: StreamState::new(StreamName::Stdout, max_output_bytes, max_output_frames),
+                stderr: StreamState::new(StreamName::Stderr, max_output_bytes, max_output_frames),
                 final_frame: None,
                 unsaved: Vec::new(),
             }),

@@ -185,3 +185,60 @@ fn scopes_images_and_caps() {
         );
     }
 }
+
+#[test]
+fn values_the_sandbox_refuses_are_refused_at_admission() {
+    let config = config("");
+    let grant = config.controller("c1").expect("c1 is configured");
+    let refused = |sandbox: SandboxRequest, command: &str| {
+        let mut p = payload(Some(sandbox), None);
+        p.command = command.into();
+        let resolved = resolve_sandbox(&p, grant, &config).map_err(|r| r.message)?;
+        let job = QueuedJob {
+            job_id: p.job_id.clone(),
+            controller_id: p.controller_id.clone(),
+            command: p.command.clone(),
+            ttl: p.ttl,
+            sandbox: resolved,
+        };
+        check_spec(&config, &job).map_err(|r| {
+            assert_eq!(r.code, ErrorCode::InvalidPayload, "{}", r.message);
+            r.message
+        })
+    };
+    let cases: Vec<(SandboxRequest, &str, &str)> = vec![
+        (
+            SandboxRequest {
+                cpu_limit: Some(1e-300),
+                ..Default::default()
+            },
+            "true",
+            "cpu_limit",
+        ),
+        (
+            SandboxRequest {
+                workdir: Some("//proc".into()),
+                ..Default::default()
+            },
+            "true",
+            "not normalised",
+        ),
+        (
+            SandboxRequest {
+                workdir: Some("/work,size=0".into()),
+                ..Default::default()
+            },
+            "true",
+            "','",
+        ),
+        (SandboxRequest::default(), "echo a\0b", "NUL"),
+    ];
+    for (sandbox, command, expected) in cases {
+        let message = refused(sandbox.clone(), command).expect_err("must be refused");
+        assert!(
+            message.contains(expected),
+            "{sandbox:?}: {message:?} lacks {expected:?}"
+        );
+    }
+    assert_eq!(refused(SandboxRequest::default(), "true"), Ok(()));
+}
