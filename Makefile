@@ -94,16 +94,29 @@ deny: toolchain
 	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked
 	$(CARGO) deny check bans licenses sources
 
-# Coverage-guided fuzzing of everything that parses untrusted bytes (protocol crate).
-# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+# Coverage-guided fuzzing of everything that parses untrusted bytes: the protocol crate
+# (submit body, canonical JSON, read auth, audit chain) and the agent's own parsers (output
+# chunker and cap, the stream's `since`, the config file). Every target asserts a property,
+# not only "no panic". cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain take them. CI runs each target FUZZ_SECONDS=15 (.ci/run); `make fuzz` runs a
+# minute each. A crash fails the run and leaves its input in fuzz/artifacts/<target>/:
+# turn it into a regression test next to the code it broke.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := submit_body json_canonical read_auth_header
+FUZZ_TARGETS := submit_body json_canonical read_auth_header audit_chain output_stream since_query config_text
 fuzz: toolchain
-	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@if ! $(CARGO) fuzz --version >/dev/null 2>&1; then \
+		echo "== cargo-fuzz missing: cargo install cargo-fuzz --locked"; \
+		start=$$(date +%s); \
+		$(CARGO) install cargo-fuzz --locked || { echo "cannot install cargo-fuzz from crates.io; fuzzing did not run" >&2; exit 1; }; \
+		echo "== cargo-fuzz installed in $$(( $$(date +%s) - start )) s"; \
+	fi
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build
 	@for target in $(FUZZ_TARGETS); do \
 		echo "== fuzz $$target for $(FUZZ_SECONDS) s"; \
 		mkdir -p fuzz/corpus/$$target; \
-		(cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target corpus/$$target seeds/$$target -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target corpus/$$target seeds/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) \
+			|| { echo "fuzz target $$target failed: see fuzz/artifacts/$$target/" >&2; exit 1; }; \
 	done
 
 fmt:

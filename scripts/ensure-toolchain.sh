@@ -11,6 +11,17 @@ if ! command -v cc >/dev/null 2>&1; then
         exit 1
     fi
 fi
+# The TLS tests scan the agent with `openssl s_client` (crates/quickcmd-agent/tests/tls.rs).
+if ! command -v openssl >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        say "no openssl command: installing Debian's openssl"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+    else
+        say "no openssl command (the TLS tests need it); run: sudo apt-get install openssl"
+        exit 1
+    fi
+    command -v openssl >/dev/null 2>&1 || { say "installing openssl failed"; exit 1; }
+fi
 if ! command -v cargo >/dev/null 2>&1; then
     for dir in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
         if [ -x "$dir/cargo" ]; then

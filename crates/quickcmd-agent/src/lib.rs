@@ -3,7 +3,8 @@
 //!
 //! The public surface is what `main.rs` uses: [`server::run`], the config, the audit log
 //! (for `audit verify` / `audit list`) and the clock's formatting. Everything else is
-//! internal to the crate.
+//! internal to the crate. [`fuzzing`] is a narrow, hidden surface for the targets under
+//! `fuzz/` (the output chunker and cap, `since`, the config text), not an API.
 
 mod admission;
 mod api;
@@ -13,6 +14,8 @@ pub mod config;
 mod connection;
 mod db;
 mod flood;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod privileges;
 mod queue;

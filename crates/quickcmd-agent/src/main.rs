@@ -208,22 +208,29 @@ fn audit_list(log: &AuditLog, limit: usize, json: bool) -> Result<ExitCode, Audi
     if !json {
         writeln!(
             out,
-            "{:>6} {:<24} {:<12} {:<24} {:<16} {:<10} {:<22} COMMAND",
-            "SEQ", "TIME", "KIND", "JOB", "CONTROLLER", "STATUS", "CODE/REASON"
+            "{:>6} {:<24} {:<12} {:<24} {:<16} {:<24} {:<10} {:<22} COMMAND",
+            "SEQ", "TIME", "KIND", "JOB", "CONTROLLER", "REQUESTED BY", "STATUS", "CODE/REASON"
         )?;
     }
     for row in rows {
         if json {
             writeln!(out, "{}", row.to_json())?;
         } else {
+            // v1.1 rows of a job carry the payload's `requested_by` in `details`.
+            let requested_by = row
+                .details
+                .get("requested_by")
+                .and_then(|v| v.as_str())
+                .unwrap_or("-");
             writeln!(
                 out,
-                "{:>6} {:<24} {:<12} {:<24} {:<16} {:<10} {:<22} {}",
+                "{:>6} {:<24} {:<12} {:<24} {:<16} {:<24} {:<10} {:<22} {}",
                 row.id,
                 quickcmd_agent::clock::rfc3339_ms(row.time_ms),
                 row.kind,
                 row.job_id.as_deref().unwrap_or("-"),
                 row.controller_id.as_deref().unwrap_or("-"),
+                requested_by,
                 row.status.as_deref().unwrap_or("-"),
                 row.code.as_deref().or(row.reason.as_deref()).unwrap_or("-"),
                 row.command.as_deref().unwrap_or("")

@@ -36,6 +36,10 @@ pub(crate) struct QueuedJob {
     pub command: String,
     pub ttl: i64,
     pub sandbox: ResolvedSandbox,
+    /// The bytes for the command's standard input (v1.1); `None`: end of file at once.
+    pub stdin: Option<Vec<u8>>,
+    /// The payload's `requested_by` (v1.1), for the job's audit rows.
+    pub requested_by: Option<String>,
 }
 
 /// A pending or running job: its output and the means to stop it.
@@ -370,6 +374,8 @@ mod tests {
                 env: BTreeMap::new(),
                 workdir: "/work".to_owned(),
             },
+            stdin: None,
+            requested_by: None,
         }
     }
 

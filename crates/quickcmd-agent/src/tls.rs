@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use rustls::crypto::ring::cipher_suite;
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -94,11 +95,31 @@ impl ResolvesServerCert for ReloadableCert {
     }
 }
 
-/// A rustls server config: TLS 1.2 and 1.3 only, ALPN h2 and http/1.1.
+/// The only cipher suites the agent offers: TLS 1.3's AEAD suites and, under TLS 1.2, ECDHE
+/// (forward secret) with an AEAD. rustls has no CBC, RC4, static-RSA or DHE suites, but the
+/// list is pinned here so a change of the library's defaults cannot widen it unnoticed
+/// (tests/tls.rs checks it with `openssl s_client`).
+const CIPHER_SUITES: &[rustls::SupportedCipherSuite] = &[
+    cipher_suite::TLS13_AES_256_GCM_SHA384,
+    cipher_suite::TLS13_AES_128_GCM_SHA256,
+    cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+/// A rustls server config: TLS 1.2 and 1.3 only, [`CIPHER_SUITES`] only, ALPN h2 and
+/// http/1.1.
 pub(crate) fn server_config(
     resolver: Arc<ReloadableCert>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: CIPHER_SUITES.to_vec(),
+        ..rustls::crypto::ring::default_provider()
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()

@@ -130,6 +130,9 @@ pub struct JobSummary {
     pub created_at: String,
     pub command: String,
     pub exit_code: Option<i64>,
+    /// The payload's `requested_by` (v1.1), omitted when the payload had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 
 /// `GET /api/v1/jobs`.

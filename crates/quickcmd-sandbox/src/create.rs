@@ -89,6 +89,19 @@ async fn create_named(
     Ok(created.id)
 }
 
+/// Who owns the workdir tmpfs: the sandbox user, mode 0700. The engine ignores `mode` for
+/// a working directory the image lacks (it comes out root 0755), but honours `uid`/`gid`.
+/// A user that is not numeric `uid:gid` (the agent's config refuses those) gets 1777.
+fn workdir_owner(user: &str) -> String {
+    let numeric = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    match user.split_once(':') {
+        Some((uid, gid)) if numeric(uid) && numeric(gid) => {
+            format!("uid={uid},gid={gid},mode=0700")
+        }
+        _ => "mode=1777".to_owned(),
+    }
+}
+
 /// The full create request for `spec`. Every field that loosens isolation is set explicitly,
 /// so an engine default changing cannot silently widen the sandbox.
 pub(crate) fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
@@ -101,13 +114,13 @@ pub(crate) fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
             ),
         ),
         // The workdir may hold programs the job runs, so it is exec. The engine starts every
-        // tmpfs from `noexec,nosuid,nodev` and only an explicit `exec` lifts that. 1777 lets
-        // the unprivileged user write to it.
+        // tmpfs from `noexec,nosuid,nodev` and only an explicit `exec` lifts that.
         (
             spec.workdir.clone(),
             format!(
-                "rw,exec,nosuid,nodev,size={},mode=1777",
-                spec.workdir_size_bytes
+                "rw,exec,nosuid,nodev,size={},{}",
+                spec.workdir_size_bytes,
+                workdir_owner(&spec.user)
             ),
         ),
     ]);
@@ -164,7 +177,8 @@ pub(crate) fn container_config(spec: &SandboxSpec) -> ContainerCreateBody {
         ),
         working_dir: Some(spec.workdir.clone()),
         labels: Some(labels(&spec.agent_id, &spec.job_id)),
-        // Job stdin is written once through the attach stream and then closed for good.
+        // With stdin to give, it is opened for the one attach that writes it; closing that
+        // attach's write half is the command's end of file.
         attach_stdin: Some(spec.stdin.is_some()),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
@@ -284,7 +298,7 @@ mod tests {
         );
         assert_eq!(
             tmpfs.get("/work").map(String::as_str),
-            Some("rw,exec,nosuid,nodev,size=2097152,mode=1777")
+            Some("rw,exec,nosuid,nodev,size=2097152,uid=65534,gid=65534,mode=0700")
         );
         let mounts = host.mounts.unwrap_or_default();
         assert_eq!(mounts.len(), 1);

@@ -322,6 +322,7 @@ both_ways!(
     env_and_workdir,
     stdin_bytes_reach_the_command_then_end_of_file,
     without_stdin_the_command_reads_end_of_file,
+    the_workdir_is_writable_by_the_sandbox_user_default_and_custom,
     timeout_kills_with_124_and_removes_the_container,
     out_of_memory_is_reported_as_oom,
     fork_bomb_is_contained_by_the_pids_limit,
@@ -618,6 +619,34 @@ async fn without_stdin_the_command_reads_end_of_file(h: &Harness) {
     assert_eq!(finished.stdout(), "0\ndone\n");
 }
 
+async fn the_workdir_is_writable_by_the_sandbox_user_default_and_custom(h: &Harness) {
+    // `/work` is the pool's profile (pooled in that mode); `/srv/app` always runs cold.
+    for workdir in ["/work", "/srv/app"] {
+        let mut job = h.spec("touch f && ls -ldn . && echo wrote");
+        job.workdir = workdir.to_owned();
+        let finished = if workdir == "/work" {
+            h.run(job).await
+        } else {
+            // Another workdir does not fit the pool's profile: cold in both modes.
+            run(&h.sandbox, job).await
+        };
+        assert_eq!(
+            finished.outcome().exit_code,
+            0,
+            "{workdir}: {}",
+            finished.stderr()
+        );
+        let stdout = finished.stdout();
+        assert!(stdout.ends_with("wrote\n"), "{workdir}: {stdout}");
+        let fields: Vec<&str> = stdout.split_whitespace().collect();
+        assert_eq!(
+            fields.get(2..4),
+            Some(&["65534", "65534"][..]),
+            "{workdir} owner: {stdout}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Limits: timeout, OOM, PIDs
 // ---------------------------------------------------------------------------------------------
@@ -856,7 +885,7 @@ async fn engine_applied_the_host_config(h: &Harness) {
     );
     assert_eq!(
         tmpfs.get("/work").map(String::as_str),
-        Some("rw,exec,nosuid,nodev,size=16777216,mode=1777")
+        Some("rw,exec,nosuid,nodev,size=16777216,uid=65534,gid=65534,mode=0700")
     );
     assert_eq!(
         host.log_config.and_then(|log| log.typ).as_deref(),

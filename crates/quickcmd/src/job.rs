@@ -24,6 +24,11 @@ pub struct JobSpec {
     pub sandbox: Option<SandboxRequest>,
     /// How long the job may wait on the agent before it must start.
     pub ttl: Duration,
+    /// Bytes for the command's standard input (v1.1 `stdin`, at most
+    /// [`quickcmd_protocol::MAX_STDIN_BYTES`]); `None`: end of file at once.
+    pub stdin: Option<Vec<u8>>,
+    /// Who the job is for (v1.1 `requested_by`), e.g. `ann@laptop`.
+    pub requested_by: Option<String>,
 }
 
 impl JobSpec {
@@ -35,6 +40,8 @@ impl JobSpec {
             required_scopes: Vec::new(),
             sandbox: None,
             ttl: DEFAULT_TTL,
+            stdin: None,
+            requested_by: None,
         }
     }
 
@@ -53,6 +60,14 @@ pub enum JobError {
     BadJobId(String),
     #[error("the job cannot be encoded: {0}")]
     Encode(String),
+    #[error(
+        "standard input is {0} bytes; an agent takes at most {max} (512 KiB): copy large \
+         files with a mount, or pass -n to send none",
+        max = quickcmd_protocol::MAX_STDIN_BYTES
+    )]
+    StdinTooLarge(usize),
+    #[error("requested_by `{0}` is not 1-128 printable characters")]
+    BadRequestedBy(String),
 }
 
 /// A job signed for one agent: the submit body and what the history needs to prove it.
@@ -99,6 +114,16 @@ pub fn sign_job(
     if !quickcmd_protocol::is_valid_job_id(job_id) {
         return Err(JobError::BadJobId(job_id.to_string()));
     }
+    if let Some(stdin) = &spec.stdin {
+        if stdin.len() > quickcmd_protocol::MAX_STDIN_BYTES {
+            return Err(JobError::StdinTooLarge(stdin.len()));
+        }
+    }
+    if let Some(requested_by) = &spec.requested_by {
+        if !quickcmd_protocol::is_valid_requested_by(requested_by) {
+            return Err(JobError::BadRequestedBy(requested_by.clone()));
+        }
+    }
     let ttl_seconds = i64::try_from(spec.ttl.as_secs().max(1)).unwrap_or(i64::MAX / 2);
     let payload = JobPayload {
         job_id: job_id.to_string(),
@@ -115,8 +140,8 @@ pub fn sign_job(
             .sandbox
             .clone()
             .filter(|s| *s != SandboxRequest::default()),
-        stdin: None,
-        requested_by: None,
+        stdin: spec.stdin.clone(),
+        requested_by: spec.requested_by.clone(),
     };
     let payload_json = payload
         .to_signed_json()

@@ -247,7 +247,8 @@ pub enum RunEvent {
     Output {
         host: usize,
         stream: StreamName,
-        data: String,
+        /// The exact bytes (from a v1.1 agent; an older one's text).
+        data: Vec<u8>,
     },
     /// Something the operator should know that is not the job's output.
     Notice {

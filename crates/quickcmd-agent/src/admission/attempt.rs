@@ -27,6 +27,8 @@ pub(crate) struct Attempt {
     pub prompt: Option<String>,
     /// Whether the fields above come from a body whose signature verified.
     pub verified: bool,
+    /// The payload's `requested_by` (v1.1), recorded in the row's `details`.
+    pub requested_by: Option<String>,
 }
 
 impl Attempt {
@@ -48,6 +50,7 @@ impl Attempt {
             command: Some(payload.command.clone()),
             prompt: Some(payload.prompt.clone()),
             verified: false,
+            requested_by: payload.requested_by.clone(),
         }
     }
 
@@ -67,6 +70,7 @@ impl Attempt {
             command: field("command"),
             prompt: field("prompt"),
             verified: false,
+            requested_by: None,
         }
     }
 
@@ -94,7 +98,7 @@ impl Attempt {
             status: status.map(str::to_string),
             command: self.command.clone(),
             prompt: self.prompt.clone(),
-            details,
+            details: with_requested_by(details, self.requested_by.as_deref()),
             ..AuditEvent::new(AuditKind::Submission)
         }
     }
@@ -153,6 +157,25 @@ fn prefix(text: &str, max: usize) -> &str {
     &text[..cut]
 }
 
+/// `details` with `"requested_by"` added when the payload named one (a `Null` becomes an
+/// object; any other non-object is kept as it is).
+pub(crate) fn with_requested_by(
+    details: serde_json::Value,
+    requested_by: Option<&str>,
+) -> serde_json::Value {
+    let Some(requested_by) = requested_by else {
+        return details;
+    };
+    let mut details = match details {
+        serde_json::Value::Null => serde_json::Value::Object(serde_json::Map::new()),
+        other => other,
+    };
+    if let Some(object) = details.as_object_mut() {
+        object.insert("requested_by".to_string(), requested_by.into());
+    }
+    details
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +190,7 @@ mod tests {
             command: Some(command.clone()),
             prompt: None,
             verified: false,
+            requested_by: None,
         };
         let row = attempt.refusal_event(ErrorCode::ControllerNotAllowed, json!({"error": "no"}));
         // 255 bytes, then a 3-byte character that does not fit in 256.

@@ -28,7 +28,7 @@ use quickcmd_protocol::{
     SignedForm, SubmitRequest, ALGORITHM,
 };
 
-pub(crate) use self::attempt::Attempt;
+pub(crate) use self::attempt::{with_requested_by, Attempt};
 use crate::clock;
 use crate::config::{AgentConfig, ControllerGrant};
 use crate::queue::{Capacity, QueueFull, QueuedJob, Reservation};
@@ -158,6 +158,7 @@ impl Signed {
             status,
             reason: refusal.map(|r| r.code.as_str().to_ascii_lowercase()),
             error: refusal.map(|r| r.message.clone()),
+            requested_by: payload.requested_by.clone(),
         }
     }
 
@@ -293,6 +294,8 @@ async fn admit_signed(
         command: payload.command.clone(),
         ttl: payload.ttl,
         sandbox,
+        stdin: payload.stdin.clone(),
+        requested_by: payload.requested_by.clone(),
     };
     checks::check_spec(config, &job)?;
     let reservation = reserve_slot(agent, config, &payload.controller_id)?;

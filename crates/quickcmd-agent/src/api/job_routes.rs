@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use quickcmd_protocol::reason;
 use quickcmd_protocol::{
-    ErrorCode, JobList, JobResult, JobStatus, JobSummary, JobView, SubmitResponse,
+    Encoding, ErrorCode, JobList, JobResult, JobStatus, JobSummary, JobView, SubmitResponse,
 };
 
 use super::auth::{authenticate, Reader};
@@ -51,30 +51,44 @@ pub(super) async fn get(
 ) -> Result<Json<JobView>, ApiError> {
     let path = format!("/api/v1/jobs/{job_id}");
     let reader = authenticate(&agent, &Method::GET, &path, &headers, &query, true)?;
+    let encoding = encoding_of(&query)?;
     let job = visible_job(&agent, &reader, &job_id).await?;
     let status: JobStatus = job.status;
     let result = if status.is_final() {
-        Some(result_of(&agent, &job).await?)
+        Some(result_of(&agent, &job, encoding).await?)
     } else {
         None
     };
     Ok(Json(JobView {
         job_id: job.job_id,
         status,
-        requested_by: None,
+        requested_by: job.requested_by,
         result,
     }))
 }
 
-async fn result_of(agent: &Agent, job: &JobRecord) -> Result<JobResult, ApiError> {
+/// The `encoding` query parameter (v1.1): `text` (the default) or `base64`.
+pub(super) fn encoding_of(query: &HashMap<String, String>) -> Result<Encoding, ApiError> {
+    Encoding::from_query(query.get("encoding").map(String::as_str))
+        .map_err(|error| ApiError::new(ErrorCode::InvalidPayload, error.to_string()))
+}
+
+async fn result_of(
+    agent: &Agent,
+    job: &JobRecord,
+    encoding: Encoding,
+) -> Result<JobResult, ApiError> {
     let frames = agent.store.frames_since(&job.job_id, 0).await?;
-    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     for frame in frames {
         match frame.stream.as_str() {
-            "stderr" => stderr.push_str(&frame.data),
-            _ => stdout.push_str(&frame.data),
+            "stderr" => stderr.extend_from_slice(&frame.data),
+            _ => stdout.extend_from_slice(&frame.data),
         }
     }
+    // Each stored frame ends on a character boundary, so the text of the whole is the
+    // text of its frames.
+    let (stdout, stderr) = (encoding.encode(&stdout), encoding.encode(&stderr));
     let start_ms = job.started_at_ms.unwrap_or(job.created_at_ms);
     let end_ms = job.ended_at_ms.unwrap_or(start_ms);
     Ok(JobResult {
@@ -156,6 +170,7 @@ pub(super) async fn list(
                 created_at: clock::rfc3339_ms(job.created_at_ms),
                 command: job.command,
                 exit_code: job.exit_code,
+                requested_by: job.requested_by,
             })
             .collect(),
     }))

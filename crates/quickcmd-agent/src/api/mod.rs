@@ -7,6 +7,9 @@ mod job_routes;
 mod openapi;
 mod stream;
 mod submit;
+mod whoami;
+
+pub(crate) use stream::parse_since;
 
 use std::sync::Arc;
 
@@ -32,6 +35,7 @@ fn routes(health_cache: Arc<health::HealthCache>) -> Vec<(&'static str, MethodRo
         ),
         ("/api/v1/stream/{id}", get(stream::stream)),
         ("/api/v1/audit/chain", get(audit_chain::chain)),
+        ("/api/v1/whoami", get(whoami::whoami)),
         ("/api/v1/openapi.json", get(openapi::openapi)),
         (
             "/health",

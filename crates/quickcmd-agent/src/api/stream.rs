@@ -9,16 +9,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::response::Response;
 use futures_util::{Sink, SinkExt, StreamExt};
-use quickcmd_protocol::{ErrorCode, LogFrame, StreamName};
+use quickcmd_protocol::{Encoding, ErrorCode, LogFrame, StreamName};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::{authenticate, Reader};
-use super::job_routes::visible_job;
+use super::job_routes::{encoding_of, visible_job};
 use super::ApiError;
 use crate::queue::LiveJob;
 use crate::state::Agent;
 use crate::store::JobRecord;
-use crate::stream::final_frame;
+use crate::stream::{final_frame, Frame};
 
 /// Close code for a subscriber that fell too far behind or stopped reading (policy
 /// violation).
@@ -88,15 +88,8 @@ pub(super) async fn stream(
             ));
         }
     }
-    let since = match query.get("since") {
-        Some(text) => text.parse::<u64>().map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidPayload,
-                "since must be a whole number (a frame seq)",
-            )
-        })?,
-        None => 0,
-    };
+    let since = parse_since(&query)?;
+    let encoding = encoding_of(&query)?;
     let job = visible_job(&agent, &reader, &job_id).await?;
     let live = agent.jobs.live(&job_id);
     let upgrade = upgrade
@@ -106,15 +99,33 @@ pub(super) async fn stream(
     Ok(upgrade.on_upgrade(move |socket| async move {
         agent.metrics.subscriber_joined();
         match live {
-            Some(live) => follow_live(&agent, socket, live, since).await,
-            None => replay_stored(&agent, socket, &job, since).await,
+            Some(live) => follow_live(&agent, socket, live, since, encoding).await,
+            None => replay_stored(&agent, socket, &job, (since, encoding)).await,
         }
         agent.metrics.subscriber_left();
     }))
 }
 
+/// The `since` query parameter: the last frame seq the subscriber has; 0 when absent.
+pub(crate) fn parse_since(query: &HashMap<String, String>) -> Result<u64, ApiError> {
+    match query.get("since") {
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidPayload,
+                "since must be a whole number (a frame seq)",
+            )
+        }),
+        None => Ok(0),
+    }
+}
+
 fn text(frame: &LogFrame) -> Message {
     Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
+}
+
+/// A kept frame as a text message, its `data` in the subscriber's encoding.
+fn message(frame: &Frame, encoding: Encoding) -> Message {
+    text(&frame.to_wire(encoding))
 }
 
 /// Sends a close frame and closes, giving a subscriber that does not read a short while.
@@ -142,16 +153,25 @@ where
     let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(message)).await;
 }
 
-async fn follow_live(agent: &Agent, socket: WebSocket, live: Arc<LiveJob>, since: u64) {
+async fn follow_live(
+    agent: &Agent,
+    socket: WebSocket,
+    live: Arc<LiveJob>,
+    since: u64,
+    encoding: Encoding,
+) {
     let subscription = live.stream.subscribe(since);
     let (mut sink, mut incoming) = socket.split();
     let mut last_sent = since;
     for frame in &subscription.replay {
-        if send_timed(agent, &mut sink, text(frame)).await.is_err() {
+        if send_timed(agent, &mut sink, message(frame, encoding))
+            .await
+            .is_err()
+        {
             return;
         }
-        last_sent = frame.seq;
-        if frame.is_final {
+        last_sent = frame.log.seq;
+        if frame.log.is_final {
             close_ended(&mut sink).await;
             return;
         }
@@ -162,14 +182,14 @@ async fn follow_live(agent: &Agent, socket: WebSocket, live: Arc<LiveJob>, since
         tokio::select! {
             received = live_frames.recv() => match received {
                 Ok(frame) => {
-                    if frame.seq <= skip_up_to || frame.seq <= last_sent {
+                    if frame.log.seq <= skip_up_to || frame.log.seq <= last_sent {
                         continue;
                     }
-                    if send_timed(agent, &mut sink, text(&frame)).await.is_err() {
+                    if send_timed(agent, &mut sink, message(&frame, encoding)).await.is_err() {
                         return;
                     }
-                    last_sent = frame.seq;
-                    if frame.is_final {
+                    last_sent = frame.log.seq;
+                    if frame.log.is_final {
                         close_ended(&mut sink).await;
                         return;
                     }
@@ -190,7 +210,12 @@ async fn follow_live(agent: &Agent, socket: WebSocket, live: Arc<LiveJob>, since
     }
 }
 
-async fn replay_stored(agent: &Agent, socket: WebSocket, job: &JobRecord, since: u64) {
+async fn replay_stored(
+    agent: &Agent,
+    socket: WebSocket,
+    job: &JobRecord,
+    (since, encoding): (u64, Encoding),
+) {
     let job_id = job.job_id.as_str();
     let controller_id = job.controller_id.as_str();
     let status = job.status;
@@ -218,7 +243,7 @@ async fn replay_stored(agent: &Agent, socket: WebSocket, job: &JobRecord, since:
             } else {
                 StreamName::Stdout
             },
-            data: frame.data,
+            data: encoding.encode(&frame.data),
             is_final: false,
             seq: frame.seq as u64,
             status: None,

@@ -137,10 +137,23 @@ impl AgentConfig {
             path: path.to_path_buf(),
             source,
         })?;
+        let mut config = AgentConfig::from_text(path, &text, env_secret)?;
+        if let Some(warning) = world_readable_warning(path, &text) {
+            config.warnings.push(warning);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates the text of the config file at `path` (named in messages).
+    pub(crate) fn from_text(
+        path: &Path,
+        text: &str,
+        env_secret: Option<String>,
+    ) -> Result<AgentConfig, ConfigError> {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
                 path: path.to_path_buf(),
                 line: e
                     .location()
@@ -149,11 +162,7 @@ impl AgentConfig {
                 message: e.to_string(),
             })?
         };
-        let mut config = Validator { path, text: &text }.validate(raw, env_secret)?;
-        if let Some(warning) = world_readable_warning(path, &text) {
-            config.warnings.push(warning);
-        }
-        Ok(config)
+        Validator { path, text }.validate(raw, env_secret)
     }
 
     /// The scopes granted to `controller_id`, or `None` when it is not allowed at all.

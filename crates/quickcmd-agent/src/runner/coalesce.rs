@@ -92,13 +92,13 @@ mod tests {
         let frames = out.subscribe(0).replay;
         // 8 KiB frames, cut wherever the stream changes: a handful, not 20,000.
         assert!(frames.len() <= 16, "{} frames", frames.len());
-        assert!(frames.windows(2).all(|w| w[0].seq < w[1].seq));
-        let text: String = frames.iter().map(|f| f.data.as_str()).collect();
+        assert!(frames.windows(2).all(|w| w[0].log.seq < w[1].log.seq));
+        let text: String = frames.iter().map(|f| f.log.data.as_str()).collect();
         assert_eq!(text, expected);
         let errs: Vec<&str> = frames
             .iter()
-            .filter(|f| f.stream == StreamName::Stderr)
-            .map(|f| f.data.as_str())
+            .filter(|f| f.log.stream == StreamName::Stderr)
+            .map(|f| f.log.data.as_str())
             .collect();
         assert_eq!(errs, ["e"; 4]);
     }

@@ -3,18 +3,19 @@
 
 use std::time::Instant;
 
-use quickcmd_protocol::{reason, JobStatus, LogFrame};
+use quickcmd_protocol::{reason, JobStatus};
 use quickcmd_sandbox::{
     EndReason, SandboxError, SandboxOutcome, NOT_RUN_EXIT_CODE, TIMEOUT_EXIT_CODE,
 };
 use serde_json::json;
 
+use crate::admission::with_requested_by;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::clock;
 use crate::queue::{LiveJob, QueuedJob};
 use crate::state::Agent;
 use crate::store::{JobOutcome, StoredFrame};
-use crate::stream::StreamSummary;
+use crate::stream::{Frame, StreamSummary};
 
 /// How a job ended.
 pub(super) struct JobEnd {
@@ -119,15 +120,15 @@ impl JobEnd {
     }
 }
 
-fn to_stored(frames: Vec<LogFrame>) -> Vec<StoredFrame> {
+fn to_stored(frames: Vec<Frame>) -> Vec<StoredFrame> {
     frames
         .into_iter()
         .map(|f| StoredFrame {
-            seq: f.seq as i64,
-            stream: f.stream.as_str().to_string(),
+            seq: f.log.seq as i64,
+            stream: f.log.stream.as_str().to_string(),
             // The time the frame was sent, so a replay shows the same frame.
-            timestamp_ms: clock::parse_rfc3339_ms(&f.timestamp).unwrap_or_else(clock::now_ms),
-            data: f.data,
+            timestamp_ms: clock::parse_rfc3339_ms(&f.log.timestamp).unwrap_or_else(clock::now_ms),
+            data: f.bytes,
         })
         .collect()
 }
@@ -210,7 +211,10 @@ pub(super) async fn finish(agent: &Agent, job: &QueuedJob, live: &LiveJob, end: 
         reason: end.reason.map(str::to_string),
         exit_code: Some(end.exit_code),
         command: Some(job.command.clone()),
-        details: output_details(&stdout, &stderr, end.sandbox_id.as_deref()),
+        details: with_requested_by(
+            output_details(&stdout, &stderr, end.sandbox_id.as_deref()),
+            job.requested_by.as_deref(),
+        ),
         ..AuditEvent::new(AuditKind::Result)
     };
     // The result row is written before the store marks the job final, so a client that

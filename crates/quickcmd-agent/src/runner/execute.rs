@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::coalesce::Coalescer;
 use super::ending::{self, JobEnd};
+use crate::admission::with_requested_by;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::clock;
 use crate::config::AgentConfig;
@@ -29,6 +30,7 @@ pub(super) async fn execute(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<Live
         job_id: Some(job.job_id.clone()),
         controller_id: Some(job.controller_id.clone()),
         status: Some(JobStatus::Running.as_str().to_string()),
+        details: with_requested_by(serde_json::Value::Null, job.requested_by.as_deref()),
         ..AuditEvent::new(AuditKind::StateChange)
     };
     if let Err(error) = agent.audit.append(start_audit).await {
@@ -92,7 +94,7 @@ pub(crate) fn sandbox_spec(config: &AgentConfig, job: &QueuedJob) -> SandboxSpec
                 read_only: m.read_only,
             })
             .collect(),
-        stdin: None,
+        stdin: job.stdin.clone(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Stored log frames, replayed in `seq` order to subscribers that connect late or resume
-//! with `?since=`.
+//! with `?since=`. A frame keeps the exact bytes the command wrote (column `bytes`); rows
+//! stored before schema v2 have only their text (`data`), which reads back as its bytes.
 
 use rusqlite::{ffi, params, ErrorCode, TransactionBehavior};
 
@@ -76,8 +77,8 @@ impl Store {
             {
                 let mut insert = tx
                     .prepare_cached(
-                        "INSERT INTO frames (job_id, seq, stream, data, timestamp_ms) \
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT INTO frames (job_id, seq, stream, data, bytes, timestamp_ms) \
+                         VALUES (?1, ?2, ?3, '', ?4, ?5)",
                     )
                     .map_err(&sql)?;
                 for frame in frames {
@@ -126,7 +127,8 @@ impl Store {
         self.with_conn(|conn| {
             let mut statement = conn
                 .prepare_cached(
-                    "SELECT seq, stream, data, timestamp_ms FROM frames \
+                    "SELECT seq, stream, coalesce(bytes, CAST(data AS BLOB)), timestamp_ms \
+                     FROM frames \
                      WHERE job_id = ?1 AND seq > ?2 ORDER BY seq",
                 )
                 .map_err(&sql)?;
@@ -156,7 +158,7 @@ mod tests {
         StoredFrame {
             seq,
             stream: stream.to_owned(),
-            data: data.to_owned(),
+            data: data.as_bytes().to_vec(),
             timestamp_ms: 1_000 + seq,
         }
     }
@@ -190,7 +192,7 @@ mod tests {
         let all = store.frames_since_blocking("j", 0).expect("frames");
         assert_eq!(seqs(&all), [1, 2, 3, 10]);
         assert_eq!(all[0], frame(1, "stderr", "a"));
-        assert_eq!(all[1].data, "b\u{FFFD}\n");
+        assert_eq!(all[1].data, "b\u{FFFD}\n".as_bytes());
         assert_eq!(
             seqs(&store.frames_since_blocking("j", 2).expect("since")),
             [3, 10]
@@ -259,5 +261,43 @@ mod tests {
         store.append_frames("j", &batch).await.expect("append");
         let stored = store.frames_since("j", 50).await.expect("since");
         assert_eq!(seqs(&stored), (51..=100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_come_back_exactly() {
+        let (_dir, store) = open();
+        store
+            .insert_job_blocking(new_job("j", "c", 1))
+            .expect("insert");
+        let bytes = b"\xff\xfe\x00tar\xc3".to_vec();
+        let stored = StoredFrame {
+            data: bytes.clone(),
+            ..frame(1, "stdout", "")
+        };
+        store
+            .append_frames_blocking("j", &[stored])
+            .expect("append");
+        let back = store.frames_since_blocking("j", 0).expect("frames");
+        assert_eq!(back[0].data, bytes);
+    }
+
+    #[test]
+    fn a_frame_stored_as_text_before_v2_reads_back_as_its_bytes() {
+        let (_dir, store) = open();
+        store
+            .insert_job_blocking(new_job("j", "c", 1))
+            .expect("insert");
+        store
+            .with_conn(|conn| {
+                conn.execute(
+                    "INSERT INTO frames (job_id, seq, stream, data, timestamp_ms) \
+                     VALUES ('j', 1, 'stdout', 'old text \u{2713}', 5)",
+                    [],
+                )
+                .map_err(store.sql_error("insert", None))
+            })
+            .expect("v1 row");
+        let back = store.frames_since_blocking("j", 0).expect("frames");
+        assert_eq!(back[0].data, "old text \u{2713}".as_bytes());
     }
 }

@@ -11,7 +11,7 @@ use crate::db::SqliteHandle;
 const JOB_COLUMNS: &str = "job_id, controller_id, command, prompt, payload_json, signature, \
      canonical, sandbox_json, ttl, timestamp, created_at_ms, status, reason, error, \
      started_at_ms, ended_at_ms, exit_code, sandbox_id, stdout_bytes, stderr_bytes, \
-     stdout_sha256, stderr_sha256, stdout_truncated, stderr_truncated";
+     stdout_sha256, stderr_sha256, stdout_truncated, stderr_truncated, requested_by";
 
 /// SQL for "not final yet", kept in one place so every query agrees.
 const UNFINISHED: &str = "status IN ('pending', 'running')";
@@ -42,6 +42,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         stderr_sha256: row.get(21)?,
         stdout_truncated: row.get(22)?,
         stderr_truncated: row.get(23)?,
+        requested_by: row.get(24)?,
     })
 }
 
@@ -95,8 +96,8 @@ impl Store {
                 .execute(
                     "INSERT INTO jobs (job_id, controller_id, command, prompt, payload_json, \
                      signature, canonical, sandbox_json, ttl, timestamp, created_at_ms, status, \
-                     reason, error, ended_at_ms, exit_code) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+                     reason, error, ended_at_ms, exit_code, requested_by) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
                      ON CONFLICT (job_id) DO NOTHING",
                     params![
                         job.job_id,
@@ -115,6 +116,7 @@ impl Store {
                         job.error,
                         ended_at_ms,
                         exit_code,
+                        job.requested_by,
                     ],
                 )
                 .map_err(&sql)?;
@@ -139,7 +141,7 @@ impl Store {
     }
 
     /// Blocking twin of [`Store::get_job`].
-    fn get_job_blocking(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+    pub(super) fn get_job_blocking(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         self.with_conn(|conn| {
             select_job(conn, job_id).map_err(self.sql_error("read job", Some(job_id)))
         })

@@ -11,9 +11,10 @@
 //! - `purge` never deletes a job that is not final or whose `ttl` has not passed, so a
 //!   replayed payload is still recognised as one.
 //!
-//! Schema (version 1, `PRAGMA user_version`):
+//! Schema (`PRAGMA user_version` 2: version 1, then the columns version 2 adds):
 //! ```sql
 #![doc = include_str!("schema_v1.sql")]
+#![doc = include_str!("schema_v2.sql")]
 //! ```
 
 mod frames;
@@ -32,7 +33,7 @@ pub(crate) use self::types::{
 use crate::db::{self, for_job, SetupError, SqliteHandle, Synchronous};
 
 /// Schema migrations; entry `i` takes the file from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 /// Everything that can go wrong in the job store. Every variant names the database file or
 /// the job it is about; SQL details stay in `source`, for the log rather than the client.
@@ -219,7 +220,7 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .expect("user_version");
-        assert_eq!(version, 1);
+        assert_eq!(version, 2);
         let journal: String = conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .expect("journal_mode");
@@ -232,6 +233,24 @@ mod tests {
         let path = dir.path().join("agent.db");
         Store::open(&path).expect("first open");
         Store::open(&path).expect("second open");
+    }
+
+    #[test]
+    fn a_v1_file_is_migrated_without_touching_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.db");
+        let conn = db::open_read_write(&path, Synchronous::Normal, &MIGRATIONS[..1]).expect("v1");
+        conn.execute(
+            "INSERT INTO jobs (job_id, controller_id, command, prompt, payload_json, signature, \
+             canonical, ttl, timestamp, created_at_ms, status) \
+             VALUES ('old', 'c', 'echo', '', '{}', 'ab', 0, 9, 1, 1, 'completed')",
+            [],
+        )
+        .expect("v1 row");
+        drop(conn);
+        let store = Store::open(&path).expect("migrate");
+        let job = store.get_job_blocking("old").expect("read").expect("kept");
+        assert_eq!((job.command.as_str(), job.requested_by), ("echo", None));
     }
 
     #[test]
@@ -260,7 +279,7 @@ mod tests {
                 err,
                 StoreError::SchemaTooNew {
                     found: 7,
-                    supported: 1,
+                    supported: 2,
                     ..
                 }
             ),

@@ -54,6 +54,8 @@ pub(crate) struct NewJob {
     pub status: JobStatus,
     pub reason: Option<String>,
     pub error: Option<String>,
+    /// The payload's `requested_by` (v1.1).
+    pub requested_by: Option<String>,
 }
 
 /// A stored job: what was submitted plus what happened to it.
@@ -83,6 +85,7 @@ pub(crate) struct JobRecord {
     pub stderr_sha256: Option<String>,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    pub requested_by: Option<String>,
 }
 
 /// How a job ended; `status` must be final.
@@ -109,7 +112,8 @@ pub(crate) struct StoredFrame {
     pub seq: i64,
     /// `"stdout"` or `"stderr"`.
     pub stream: String,
-    pub data: String,
+    /// The exact bytes the command wrote (for rows stored before schema v2, their text).
+    pub data: Vec<u8>,
     pub timestamp_ms: i64,
 }
 

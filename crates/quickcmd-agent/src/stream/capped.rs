@@ -8,17 +8,19 @@ use std::collections::VecDeque;
 
 use quickcmd_protocol::{LogFrame, StreamName};
 
+use super::Frame;
+
 pub(crate) struct CappedStream {
     name: StreamName,
     head_budget: usize,
     tail_budget: usize,
     head_frames: usize,
     tail_frames: usize,
-    head: Vec<LogFrame>,
+    head: Vec<Frame>,
     head_bytes: usize,
     /// Set once a frame did not fit in the head; everything after goes to the tail.
     overflowed: bool,
-    tail: VecDeque<LogFrame>,
+    tail: VecDeque<Frame>,
     tail_bytes: usize,
     omitted_bytes: u64,
     /// Seq of the first frame that left the stored view; the marker takes it.
@@ -47,8 +49,8 @@ impl CappedStream {
 
     /// Records a frame. Returns true when it belongs to the head, which is stored at once;
     /// tail frames are stored when the stream ends.
-    pub(crate) fn accept(&mut self, frame: &LogFrame) -> bool {
-        let size = frame.data.len();
+    pub(crate) fn accept(&mut self, frame: &Frame) -> bool {
+        let size = frame.bytes.len();
         if !self.overflowed
             && self.head_bytes.saturating_add(size) <= self.head_budget
             && self.head.len() < self.head_frames
@@ -64,9 +66,9 @@ impl CappedStream {
             let Some(oldest) = self.tail.pop_front() else {
                 break;
             };
-            self.tail_bytes -= oldest.data.len();
-            self.omitted_bytes += oldest.data.len() as u64;
-            self.first_omitted_seq.get_or_insert(oldest.seq);
+            self.tail_bytes -= oldest.bytes.len();
+            self.omitted_bytes += oldest.bytes.len() as u64;
+            self.first_omitted_seq.get_or_insert(oldest.log.seq);
         }
         false
     }
@@ -75,32 +77,41 @@ impl CappedStream {
         self.omitted_bytes > 0
     }
 
-    fn marker(&self) -> Option<LogFrame> {
+    fn marker(&self) -> Option<Frame> {
         let seq = self.first_omitted_seq?;
         let timestamp = self
             .head
             .last()
-            .map(|f| f.timestamp.clone())
+            .map(|f| f.log.timestamp.clone())
             .unwrap_or_default();
-        Some(LogFrame {
-            job_id: self.head.first().or(self.tail.front()).map(|f| f.job_id.clone()).unwrap_or_default(),
-            timestamp,
-            stream: self.name,
-            data: format!(
-                "\n[quickcmd: {} bytes of {} omitted here; stored output keeps the head and the tail]\n",
-                self.omitted_bytes,
-                self.name.as_str()
-            ),
-            is_final: false,
-            seq,
-            status: None,
-            exit_code: None,
-            audit: None,
+        let text = format!(
+            "\n[quickcmd: {} bytes of {} omitted here; stored output keeps the head and the tail]\n",
+            self.omitted_bytes,
+            self.name.as_str()
+        );
+        Some(Frame {
+            log: LogFrame {
+                job_id: self
+                    .head
+                    .first()
+                    .or(self.tail.front())
+                    .map(|f| f.log.job_id.clone())
+                    .unwrap_or_default(),
+                timestamp,
+                stream: self.name,
+                data: String::new(),
+                is_final: false,
+                seq,
+                status: None,
+                exit_code: None,
+                audit: None,
+            },
+            bytes: text.into_bytes(),
         })
     }
 
     /// The stored view now: head, marker (if anything was dropped), tail.
-    pub(crate) fn stored_frames(&self) -> Vec<LogFrame> {
+    pub(crate) fn stored_frames(&self) -> Vec<Frame> {
         let mut frames = self.head.clone();
         frames.extend(self.marker());
         frames.extend(self.tail.iter().cloned());
@@ -108,17 +119,17 @@ impl CappedStream {
     }
 
     /// Frames to store when the stream ends: the marker and the tail (the head is stored).
-    pub(crate) fn marker_and_tail(&self) -> Vec<LogFrame> {
-        let mut frames: Vec<LogFrame> = self.marker().into_iter().collect();
+    pub(crate) fn marker_and_tail(&self) -> Vec<Frame> {
+        let mut frames: Vec<Frame> = self.marker().into_iter().collect();
         frames.extend(self.tail.iter().cloned());
         frames
     }
 
-    /// The stored text as the result's `stdout`/`stderr`.
-    pub(crate) fn stored_text(&self) -> String {
+    /// The stored bytes, as the result's `stdout`/`stderr` carries them.
+    pub(crate) fn stored_bytes(&self) -> Vec<u8> {
         self.stored_frames()
             .iter()
-            .map(|f| f.data.as_str())
+            .flat_map(|f| f.bytes.iter().copied())
             .collect()
     }
 }

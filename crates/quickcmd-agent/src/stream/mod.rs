@@ -1,16 +1,22 @@
 //! Live output of running jobs: numbering frames, the head/tail cap on stored output, the
 //! full-stream byte counts and hashes, replay for late subscribers and fan-out to many.
+//!
+//! Frames keep the exact bytes the command wrote ([`Frame`]); each reader gets them in the
+//! encoding it asked for (protocol v1.1): text, where bytes that are not UTF-8 become
+//! U+FFFD, or base64. Frames are cut on character boundaries, so the text of a frame is
+//! the text of its bytes.
 
 mod capped;
 mod utf8;
 
 use std::sync::{Arc, Mutex};
 
-use quickcmd_protocol::{AuditWitness, JobStatus, LogFrame, StreamName};
+use quickcmd_protocol::{AuditWitness, Encoding, JobStatus, LogFrame, StreamName};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
 pub(crate) use capped::CappedStream;
+use utf8::cut_at;
 pub(crate) use utf8::Utf8Chunker;
 
 use crate::clock;
@@ -24,8 +30,35 @@ pub(crate) struct StreamSummary {
     pub bytes: u64,
     pub sha256: String,
     pub truncated: bool,
-    /// Stored text: head, marker line, tail.
-    pub text: String,
+    /// Stored bytes: head, marker line, tail.
+    pub stored: Vec<u8>,
+}
+
+/// One frame as the agent keeps it: the wire frame's fields, and the exact bytes that
+/// become its `data` in the reader's encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Frame {
+    /// The wire frame; its `data` is left empty.
+    pub log: LogFrame,
+    pub bytes: Vec<u8>,
+}
+
+impl Frame {
+    /// A frame without output (the final frame).
+    pub(crate) fn without_data(log: LogFrame) -> Frame {
+        Frame {
+            log,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// The wire frame, its `data` in `encoding`.
+    pub(crate) fn to_wire(&self, encoding: Encoding) -> LogFrame {
+        LogFrame {
+            data: encoding.encode(&self.bytes),
+            ..self.log.clone()
+        }
+    }
 }
 
 struct StreamState {
@@ -50,9 +83,9 @@ struct Inner {
     seq: u64,
     stdout: StreamState,
     stderr: StreamState,
-    final_frame: Option<Arc<LogFrame>>,
+    final_frame: Option<Arc<Frame>>,
     /// Stored frames not yet written to the database.
-    unsaved: Vec<LogFrame>,
+    unsaved: Vec<Frame>,
 }
 
 /// One running job's output. Frames go out to subscribers at once through a bounded
@@ -61,7 +94,7 @@ struct Inner {
 pub(crate) struct JobStream {
     job_id: String,
     inner: Mutex<Inner>,
-    sender: broadcast::Sender<Arc<LogFrame>>,
+    sender: broadcast::Sender<Arc<Frame>>,
     /// Largest `data` of one frame; bigger writes are sent as several frames.
     max_frame_bytes: usize,
 }
@@ -74,31 +107,23 @@ fn frame_limit(max_output_bytes: usize) -> usize {
     (max_output_bytes / 8).clamp(4, 16 * 1024)
 }
 
-/// `text` cut into pieces of at most `max` bytes, never inside a character.
-fn pieces(text: &str, max: usize) -> Vec<&str> {
-    let mut out = Vec::with_capacity(text.len() / max + 1);
-    let mut rest = text;
-    while rest.len() > max {
-        let mut cut = max;
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        if cut == 0 {
-            cut = rest.chars().next().map_or(rest.len(), char::len_utf8);
-        }
+/// `bytes` cut into pieces of at most `max` bytes, on character boundaries where the
+/// bytes are UTF-8.
+fn pieces(bytes: &[u8], max: usize) -> Vec<&[u8]> {
+    let mut out = Vec::with_capacity(bytes.len() / max.max(1) + 1);
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let cut = cut_at(rest, max);
         out.push(&rest[..cut]);
         rest = &rest[cut..];
-    }
-    if !rest.is_empty() {
-        out.push(rest);
     }
     out
 }
 
 /// What a new subscriber gets: the stored frames after `since`, then the live receiver.
 pub(crate) struct Subscription {
-    pub replay: Vec<Arc<LogFrame>>,
-    pub live: broadcast::Receiver<Arc<LogFrame>>,
+    pub replay: Vec<Arc<Frame>>,
+    pub live: broadcast::Receiver<Arc<Frame>>,
     /// Highest seq in `replay` (or `since`); live frames at or below it are duplicates.
     pub replayed_up_to: u64,
 }
@@ -139,7 +164,8 @@ impl JobStream {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes bytes as the sandbox wrote them; sends the text on as one frame.
+    /// Takes bytes as the sandbox wrote them; sends them on in frames of at most
+    /// `max_frame_bytes`.
     pub(crate) fn push(&self, stream: StreamName, bytes: &[u8]) {
         let mut inner = self.lock();
         let state = match stream {
@@ -148,24 +174,27 @@ impl JobStream {
         };
         state.bytes += bytes.len() as u64;
         state.hasher.update(bytes);
-        let text = state.chunker.push(bytes);
-        for piece in pieces(&text, self.max_frame_bytes) {
-            self.emit(&mut inner, stream, piece.to_string());
+        let whole = state.chunker.push(bytes);
+        for piece in pieces(&whole, self.max_frame_bytes) {
+            self.emit(&mut inner, stream, piece.to_vec());
         }
     }
 
-    fn emit(&self, inner: &mut Inner, stream: StreamName, text: String) {
+    fn emit(&self, inner: &mut Inner, stream: StreamName, bytes: Vec<u8>) {
         inner.seq += 1;
-        let frame = LogFrame {
-            job_id: self.job_id.clone(),
-            timestamp: clock::rfc3339_ms(clock::now_ms()),
-            stream,
-            data: text,
-            is_final: false,
-            seq: inner.seq,
-            status: None,
-            exit_code: None,
-            audit: None,
+        let frame = Frame {
+            log: LogFrame {
+                job_id: self.job_id.clone(),
+                timestamp: clock::rfc3339_ms(clock::now_ms()),
+                stream,
+                data: String::new(),
+                is_final: false,
+                seq: inner.seq,
+                status: None,
+                exit_code: None,
+                audit: None,
+            },
+            bytes,
         };
         let state = match stream {
             StreamName::Stdout => &mut inner.stdout,
@@ -179,13 +208,13 @@ impl JobStream {
     }
 
     /// Frames kept in the head since the last call, to write to the database now.
-    pub(crate) fn take_unsaved(&self) -> Vec<LogFrame> {
+    pub(crate) fn take_unsaved(&self) -> Vec<Frame> {
         std::mem::take(&mut self.lock().unsaved)
     }
 
     /// Ends the streams: flushes unfinished characters, and returns the frames still to
     /// store (the marker and the tails) and each stream's summary.
-    pub(crate) fn finish_output(&self) -> (Vec<LogFrame>, StreamSummary, StreamSummary) {
+    pub(crate) fn finish_output(&self) -> (Vec<Frame>, StreamSummary, StreamSummary) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         for stream in [StreamName::Stdout, StreamName::Stderr] {
@@ -206,10 +235,10 @@ impl JobStream {
                 bytes: state.bytes,
                 sha256: hex::encode(hasher.finalize()),
                 truncated: state.capped.truncated(),
-                text: state.capped.stored_text(),
+                stored: state.capped.stored_bytes(),
             });
         }
-        frames.sort_by_key(|frame| frame.seq);
+        frames.sort_by_key(|frame| frame.log.seq);
         let stderr = summaries.pop().unwrap_or_else(empty_summary);
         let stdout = summaries.pop().unwrap_or_else(empty_summary);
         (frames, stdout, stderr)
@@ -224,12 +253,12 @@ impl JobStream {
         exit_code: i64,
         ended_ms: i64,
         witness: Option<AuditWitness>,
-    ) -> Arc<LogFrame> {
+    ) -> Arc<Frame> {
         let mut inner = self.lock();
-        let frame = Arc::new(LogFrame {
+        let frame = Arc::new(Frame::without_data(LogFrame {
             audit: witness,
             ..final_frame(&self.job_id, inner.seq + 1, status, exit_code, ended_ms)
-        });
+        }));
         inner.final_frame = Some(frame.clone());
         let _ = self.sender.send(frame.clone());
         frame
@@ -241,14 +270,14 @@ impl JobStream {
         let inner = self.lock();
         // Subscribing under the lock means no frame falls between replay and live.
         let live = self.sender.subscribe();
-        let mut replay: Vec<LogFrame> = Vec::new();
+        let mut replay: Vec<Frame> = Vec::new();
         replay.extend(inner.stdout.capped.stored_frames());
         replay.extend(inner.stderr.capped.stored_frames());
-        replay.retain(|frame| frame.seq > since);
-        replay.sort_by_key(|frame| frame.seq);
-        let mut replay: Vec<Arc<LogFrame>> = replay.into_iter().map(Arc::new).collect();
+        replay.retain(|frame| frame.log.seq > since);
+        replay.sort_by_key(|frame| frame.log.seq);
+        let mut replay: Vec<Arc<Frame>> = replay.into_iter().map(Arc::new).collect();
         if let Some(final_frame) = &inner.final_frame {
-            if final_frame.seq > since {
+            if final_frame.log.seq > since {
                 replay.push(final_frame.clone());
             }
         }
@@ -265,7 +294,7 @@ fn empty_summary() -> StreamSummary {
         bytes: 0,
         sha256: hex::encode(Sha256::digest(b"")),
         truncated: false,
-        text: String::new(),
+        stored: Vec::new(),
     }
 }
 

@@ -163,6 +163,10 @@ pub struct JobArgs {
     /// How long the job may wait on the agent before it must start (300 = seconds, 5m)
     #[arg(long, value_name = "DURATION", default_value = "300", value_parser = parse_positive_duration)]
     pub ttl: Duration,
+    /// Send no standard input, like `ssh -n` (without it, a stdin that is not a terminal
+    /// is sent to the command, at most 512 KiB; every target gets the same bytes)
+    #[arg(short = 'n', long = "no-stdin")]
+    pub no_stdin: bool,
     /// The command, after `--`; several words are joined with spaces, like ssh does
     #[arg(last = true, required = true, num_args = 1.., value_name = "COMMAND")]
     pub command: Vec<String>,

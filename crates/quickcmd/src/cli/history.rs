@@ -61,6 +61,7 @@ pub(super) fn history(context: &Context, query: HistoryQuery) -> CliResult {
                 row.agent.clone(),
                 row.job_id.clone(),
                 row.user.clone(),
+                row.requested_by.clone().unwrap_or_else(|| "-".into()),
                 row.status.clone(),
                 row.exit_code
                     .map(|c| c.to_string())
@@ -81,6 +82,7 @@ pub(super) fn history(context: &Context, query: HistoryQuery) -> CliResult {
                 "AGENT",
                 "JOB",
                 "USER",
+                "REQUESTED BY",
                 "STATUS",
                 "EXIT",
                 "DURATION",

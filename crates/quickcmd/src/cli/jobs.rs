@@ -174,6 +174,9 @@ fn describe_view(client: &Client, view: &JobView) -> String {
         ("job", view.job_id.clone()),
         ("status", view.status.to_string()),
     ];
+    if let Some(requested_by) = &view.requested_by {
+        lines.push(("requested by", requested_by.clone()));
+    }
     if let Some(result) = &view.result {
         if result.exit_code >= 0 {
             lines.push(("exit code", result.exit_code.to_string()));
@@ -208,7 +211,7 @@ fn describe_view(client: &Client, view: &JobView) -> String {
     }
     let mut out = String::new();
     for (label, value) in lines {
-        out.push_str(&format!("{:<10} {value}\n", format!("{label}:")));
+        out.push_str(&format!("{:<13} {value}\n", format!("{label}:")));
     }
     out
 }

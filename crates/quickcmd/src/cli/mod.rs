@@ -248,7 +248,7 @@ impl Context {
         })
     }
 
-    fn overrides(&self) -> Overrides {
+    pub(crate) fn overrides(&self) -> Overrides {
         Overrides {
             controller_id: self.global.controller_id.clone(),
             secret_file: self.global.hmac_secret_file.clone(),

@@ -2,6 +2,7 @@
 //! cancels every job we started.
 
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -13,7 +14,7 @@ use super::{
 };
 use crate::client::Client;
 use crate::fanout::{cancel_started, run_all, MaxErrors, RunOptions, StartedJobs};
-use crate::history::{History, Invocation, InvocationTarget};
+use crate::history::{default_requested_by, History, Invocation, InvocationTarget};
 use crate::job::{new_job_id, JobSpec};
 use crate::output::{errln, outln, spawn_printer, summary_json, OutputFormat, PrinterConfig};
 use crate::report::{HostReport, HostStatus, RunEvent, Tally};
@@ -40,6 +41,7 @@ pub(super) fn run(context: Context, args: RunArgs) -> CliResult {
     let Some(clients) = targets_or_list(&context, &args.targets)? else {
         return Ok(0);
     };
+    let spec = with_requester_and_input(&context, &args.job, spec)?;
     fan_out(&context, clients, spec, options, shape, ("run", None))
 }
 
@@ -57,6 +59,7 @@ pub(super) fn submit(context: Context, args: SubmitArgs) -> CliResult {
     let Some(clients) = targets_or_list(&context, &args.targets)? else {
         return Ok(0);
     };
+    let spec = with_requester_and_input(&context, &args.job, spec)?;
     fan_out(&context, clients, spec, options, shape, ("submit", None))
 }
 
@@ -101,7 +104,54 @@ impl Shape {
     }
 }
 
-/// Builds the job from the command line./// Builds the job from the command line.
+/// `spec` with who it is for (the config's `requested_by`, else `<login>@<hostname>`) and
+/// our standard input, unless `-n` or it is a terminal. Read once every other check has
+/// passed but before any target is contacted, so input over the limit is refused with
+/// nothing sent.
+fn with_requester_and_input(
+    context: &Context,
+    args: &JobArgs,
+    mut spec: JobSpec,
+) -> Result<JobSpec, super::Failure> {
+    spec.requested_by = Some(requester(context));
+    if !args.no_stdin && !std::io::stdin().is_terminal() {
+        spec.stdin = read_stdin()?;
+    }
+    Ok(spec)
+}
+
+/// Who a job is for: the config's `requested_by`, else `<login>@<hostname>`.
+pub(super) fn requester(context: &Context) -> String {
+    context
+        .config
+        .requested_by
+        .clone()
+        .unwrap_or_else(default_requested_by)
+}
+
+/// Our standard input, up to the protocol's limit: `None` when it is empty.
+fn read_stdin() -> Result<Option<Vec<u8>>, super::Failure> {
+    let limit = quickcmd_protocol::MAX_STDIN_BYTES;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            usage(anyhow!(
+                "cannot read standard input: {e}; pass -n to send none"
+            ))
+        })?;
+    if bytes.len() > limit {
+        return Err(usage(anyhow!(
+            "standard input is more than {limit} bytes (512 KiB), the most an agent takes; \
+             nothing was sent (copy large files with a mount, or pass -n to send no input)"
+        )));
+    }
+    Ok((!bytes.is_empty()).then_some(bytes))
+}
+
+/// Builds the job from the command line.
 pub(super) fn job_spec(args: &JobArgs) -> Result<JobSpec, super::Failure> {
     let command = args.command.join(" ");
     if command.trim().is_empty() {
@@ -137,6 +187,8 @@ pub(super) fn job_spec(args: &JobArgs) -> Result<JobSpec, super::Failure> {
         required_scopes: args.scopes.clone(),
         sandbox: (sandbox != SandboxRequest::default()).then_some(sandbox),
         ttl: args.ttl,
+        stdin: None,
+        requested_by: None,
     })
 }
 

@@ -10,7 +10,7 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 
 use super::jobs::outcome_of_view;
-use super::run::{exit_code, fan_out, Shape};
+use super::run::{exit_code, fan_out, requester, Shape};
 use super::{failed, usage, CliResult, Context, Failure, EXIT_INTERRUPTED, EXIT_NOT_ENDED};
 use crate::client::{Client, ClientError, RetryPolicy};
 use crate::fanout::{MaxErrors, RunOptions};
@@ -423,13 +423,16 @@ pub(super) fn rerun(context: Context, args: RerunArgs) -> CliResult {
         .block_on(History::open(&path))
         .map_err(failed)?;
     let invocation = find_run(&context, &history, &args.run)?;
-    let spec = invocation.spec().ok_or_else(|| {
+    let mut spec = invocation.spec().ok_or_else(|| {
         usage(anyhow!(
             "run {} was recorded without its job (an older or newer quickcmd); run it again \
              with `quickcmd run`",
             invocation.run_id
         ))
     })?;
+    // The re-run is for whoever re-runs it. The first run's standard input was not
+    // kept, so the re-run gets none.
+    spec.requested_by = Some(requester(&context));
     let run_id = invocation.run_id.clone();
     // A job sent with `submit` may have ended since: learn how before choosing.
     let rows = context

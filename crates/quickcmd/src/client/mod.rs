@@ -26,13 +26,14 @@
 mod error;
 mod retry;
 mod stream;
+mod whoami;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quickcmd_protocol::{
-    is_valid_job_id, AuditChain, Health, JobList, JobResult, JobStatus, JobView, ReadAuth,
-    SubmitResponse,
+    is_valid_job_id, AuditChain, Encoding, Health, JobList, JobResult, JobStatus, JobView,
+    ReadAuth, SubmitResponse,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
@@ -123,6 +124,8 @@ struct Inner {
     http: reqwest::Client,
     ws_tls: Arc<rustls::ClientConfig>,
     options: ClientOptions,
+    /// How this agent can carry output, once asked ([`Client::output_encoding`]).
+    output_encoding: tokio::sync::OnceCell<Encoding>,
 }
 
 impl Client {
@@ -154,6 +157,7 @@ impl Client {
                 http,
                 ws_tls: tls_config,
                 options,
+                output_encoding: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -208,11 +212,22 @@ impl Client {
         expect_json(answer, &[200, 201, 202])
     }
 
-    /// `GET /api/v1/jobs/:id`.
+    /// `GET /api/v1/jobs/:id`, output as text.
     pub async fn status(&self, job_id: &str) -> Result<JobView, ClientError> {
+        self.status_in(job_id, Encoding::Text).await
+    }
+
+    /// `GET /api/v1/jobs/:id?encoding=`: the result's `stdout`/`stderr` in `encoding`
+    /// (base64 only from a v1.1 agent: see [`Client::output_encoding`]).
+    pub async fn status_in(
+        &self,
+        job_id: &str,
+        encoding: Encoding,
+    ) -> Result<JobView, ClientError> {
         let path = job_path(job_id)?;
+        let query = (encoding != Encoding::Text).then(|| format!("encoding={encoding}"));
         let answer = self
-            .read(Method::GET, &path, None, "reading job status")
+            .read(Method::GET, &path, query.as_deref(), "reading job status")
             .await?;
         expect_json(answer, &[200])
     }
@@ -301,9 +316,15 @@ impl Client {
     }
 
     /// Follows the job's log frames from after `since` (0 = from the start), reconnecting
-    /// with `?since=` when the connection drops.
+    /// with `?since=` when the connection drops. Frame `data` is text.
     pub fn stream(&self, job_id: &str, since: u64) -> LogStream {
-        LogStream::new(self.clone(), job_id.to_string(), since)
+        LogStream::new(self.clone(), job_id.to_string(), since, Encoding::Text)
+    }
+
+    /// [`Client::stream`] with frame `data` in `encoding` (base64 only from a v1.1 agent:
+    /// see [`Client::output_encoding`]); [`LogStream::bytes`] reads it back.
+    pub fn stream_in(&self, job_id: &str, since: u64, encoding: Encoding) -> LogStream {
+        LogStream::new(self.clone(), job_id.to_string(), since, encoding)
     }
 
     /// Polls until the job has ended and returns its result; gives up after `limit`.
@@ -312,10 +333,20 @@ impl Client {
         job_id: &str,
         limit: Option<Duration>,
     ) -> Result<JobResult, ClientError> {
+        self.wait_in(job_id, limit, Encoding::Text).await
+    }
+
+    /// [`Client::wait`], the result's output in `encoding`.
+    pub async fn wait_in(
+        &self,
+        job_id: &str,
+        limit: Option<Duration>,
+        encoding: Encoding,
+    ) -> Result<JobResult, ClientError> {
         let started = Instant::now();
         let mut interval = self.inner.options.poll_interval;
         loop {
-            let view = self.status(job_id).await?;
+            let view = self.status_in(job_id, encoding).await?;
             if view.status.is_final() {
                 return Ok(result_of(view));
             }

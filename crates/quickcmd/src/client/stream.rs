@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use quickcmd_protocol::{is_valid_job_id, LogFrame};
+use quickcmd_protocol::{is_valid_job_id, Encoding, LogFrame};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -62,6 +62,7 @@ pub struct LogStream {
     reconnects: u32,
     connected_once: bool,
     duplicates: u64,
+    encoding: Encoding,
 }
 
 impl std::fmt::Debug for LogStream {
@@ -76,7 +77,7 @@ impl std::fmt::Debug for LogStream {
 }
 
 impl LogStream {
-    pub(super) fn new(client: Client, job_id: String, since: u64) -> LogStream {
+    pub(super) fn new(client: Client, job_id: String, since: u64, encoding: Encoding) -> LogStream {
         LogStream {
             client,
             job_id,
@@ -88,7 +89,22 @@ impl LogStream {
             reconnects: 0,
             connected_once: false,
             duplicates: 0,
+            encoding,
         }
+    }
+
+    /// How frame `data` is encoded on this stream.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The bytes a frame of this stream carries.
+    pub fn bytes(&self, frame: &LogFrame) -> Result<Vec<u8>, ClientError> {
+        self.encoding
+            .decode(&frame.data)
+            .map_err(|e| ClientError::Protocol {
+                message: format!("log frame {} of job {}: {e}", frame.seq, self.job_id),
+            })
     }
 
     /// The `seq` of the last frame returned (or the `since` we started from).
@@ -253,7 +269,14 @@ impl LogStream {
             return Err(ClientError::InvalidJobId(self.job_id.clone()));
         }
         let path = format!("/api/v1/stream/{}", self.job_id);
-        let query = (self.last_seq > 0).then(|| format!("since={}", self.last_seq));
+        let mut query = Vec::new();
+        if self.last_seq > 0 {
+            query.push(format!("since={}", self.last_seq));
+        }
+        if self.encoding != Encoding::Text {
+            query.push(format!("encoding={}", self.encoding));
+        }
+        let query = (!query.is_empty()).then(|| query.join("&"));
         let mut url = self.client.url_for(&path, query.as_deref());
         url.set_scheme("wss").map_err(|()| {
             ClientError::Setup(format!("cannot make a wss URL from {}", self.client.url()))

@@ -64,6 +64,9 @@ struct RawConfig {
     /// The controller's history database (SQLite).
     #[serde(default)]
     audit_db_path: Option<PathBuf>,
+    /// Who jobs are signed for (`requested_by`, protocol v1.1); default `<login>@<hostname>`.
+    #[serde(default)]
+    requested_by: Option<String>,
     /// The inventory.
     #[serde(default)]
     agents: Vec<RawAgent>,
@@ -158,6 +161,8 @@ pub struct ControllerConfig {
     pub hmac_secret_file: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
     pub audit_db_path: Option<PathBuf>,
+    /// Who jobs are signed for; `None`: `<login>@<hostname>`.
+    pub requested_by: Option<String>,
     pub agents: Vec<InventoryAgent>,
     /// The line of each file-valued key (`hmac_secret_file`, `agents[0].ca_cert`, …), taken
     /// from the one read of the file, for messages about files that fail to load later.
@@ -331,8 +336,22 @@ impl ControllerConfig {
                 controller_id: agent.controller_id,
             });
         }
+        if let Some(requested_by) = &raw.requested_by {
+            if !quickcmd_protocol::is_valid_requested_by(requested_by) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: "requested_by".into(),
+                    line: top_level_line(text, "requested_by"),
+                    message: format!(
+                        "must be 1-{} printable characters (no control characters), e.g. \"ann@laptop\"",
+                        quickcmd_protocol::MAX_REQUESTED_BY_CHARS
+                    ),
+                });
+            }
+        }
         Ok(ControllerConfig {
             path: Some(path.to_path_buf()),
+            requested_by: raw.requested_by,
             controller_id: raw.controller_id,
             hmac_secret_file: resolve(raw.hmac_secret_file),
             ca_cert: resolve(raw.ca_cert),

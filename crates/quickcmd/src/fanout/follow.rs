@@ -4,19 +4,19 @@
 
 use std::time::Duration;
 
-use quickcmd_protocol::{AuditWitness, JobResult, LogFrame, StreamName};
+use quickcmd_protocol::{AuditWitness, Encoding, JobResult, LogFrame, StreamName};
 use sha2::{Digest, Sha256};
 
 use super::Context;
 use crate::client::Client;
 use crate::report::{HostReport, HostStatus, RunEvent};
 
-/// Most output text kept per stream for `--output json` and the report.
+/// Most output kept per stream for `--output json` and the report.
 pub(super) const MAX_CAPTURE_BYTES: usize = 8 * 1024 * 1024;
 
-/// Output collected from a stream: sizes and hashes of everything, text up to a bound.
+/// Output collected from a stream: sizes and hashes of everything, bytes up to a bound.
 pub(super) struct Capture {
-    pub(super) text: String,
+    pub(super) kept: Vec<u8>,
     pub(super) bytes: u64,
     hasher: Sha256,
     pub(super) truncated: bool,
@@ -25,18 +25,18 @@ pub(super) struct Capture {
 impl Capture {
     pub(super) fn new() -> Capture {
         Capture {
-            text: String::new(),
+            kept: Vec::new(),
             bytes: 0,
             hasher: Sha256::new(),
             truncated: false,
         }
     }
 
-    pub(super) fn add(&mut self, data: &str) {
+    pub(super) fn add(&mut self, data: &[u8]) {
         self.bytes += data.len() as u64;
-        self.hasher.update(data.as_bytes());
-        if self.text.len() + data.len() <= MAX_CAPTURE_BYTES {
-            self.text.push_str(data);
+        self.hasher.update(data);
+        if self.kept.len() + data.len() <= MAX_CAPTURE_BYTES {
+            self.kept.extend_from_slice(data);
         } else {
             self.truncated = true;
         }
@@ -66,6 +66,8 @@ struct Streamed {
     /// The stream ended normally (final frame or clean close), so it holds all output.
     complete: bool,
     reconnects: u32,
+    /// How this agent carries output: base64 (exact bytes) from a v1.1 agent.
+    encoding: Encoding,
 }
 
 /// Follows `job_id` to its end: the report and, when the result could be read or the
@@ -76,8 +78,9 @@ pub(super) async fn follow(
     context: &Context,
     job_id: &str,
 ) -> (HostReport, Option<OutputRecord>) {
+    let encoding = client.output_encoding().await;
     let mut streamed = if context.options.stream {
-        stream_output(host, client, context, job_id).await
+        stream_output(host, client, context, job_id, encoding).await
     } else {
         Streamed {
             stdout: Capture::new(),
@@ -85,6 +88,7 @@ pub(super) async fn follow(
             final_frame: None,
             complete: false,
             reconnects: 0,
+            encoding,
         }
     };
     match settle(host, client, context, job_id, &mut streamed).await {
@@ -95,32 +99,43 @@ pub(super) async fn follow(
 
 /// Prints the job's frames as they come and captures them, until the final frame, the
 /// end of the stream, or a failure the stream could not recover from.
-async fn stream_output(host: usize, client: &Client, context: &Context, job_id: &str) -> Streamed {
+async fn stream_output(
+    host: usize,
+    client: &Client,
+    context: &Context,
+    job_id: &str,
+    encoding: Encoding,
+) -> Streamed {
     let mut streamed = Streamed {
         stdout: Capture::new(),
         stderr: Capture::new(),
         final_frame: None,
         complete: false,
         reconnects: 0,
+        encoding,
     };
-    let mut stream = client.stream(job_id, 0);
+    let mut stream = client.stream_in(job_id, 0, encoding);
     loop {
-        match stream.next().await {
-            Ok(Some(frame)) if frame.is_final => {
+        let next = stream.next().await.and_then(|frame| match frame {
+            Some(frame) => stream.bytes(&frame).map(|bytes| Some((frame, bytes))),
+            None => Ok(None),
+        });
+        match next {
+            Ok(Some((frame, _))) if frame.is_final => {
                 streamed.final_frame = Some(frame);
                 streamed.complete = true;
                 break;
             }
-            Ok(Some(frame)) => {
+            Ok(Some((frame, bytes))) => {
                 match frame.stream {
-                    StreamName::Stdout => streamed.stdout.add(&frame.data),
-                    StreamName::Stderr => streamed.stderr.add(&frame.data),
+                    StreamName::Stdout => streamed.stdout.add(&bytes),
+                    StreamName::Stderr => streamed.stderr.add(&bytes),
                 }
                 context
                     .emit(RunEvent::Output {
                         host,
                         stream: frame.stream,
-                        data: frame.data,
+                        data: bytes,
                     })
                     .await;
             }
@@ -159,7 +174,7 @@ async fn settle(
         .final_frame
         .as_ref()
         .map(|_| Duration::from_secs(30));
-    let result = match client.wait(job_id, limit).await {
+    let result = match client.wait_in(job_id, limit, streamed.encoding).await {
         Ok(result) => result,
         Err(error) if streamed.final_frame.is_some() => {
             context
@@ -176,29 +191,42 @@ async fn settle(
             return Err(report);
         }
     };
+    // The result's output in its encoding; as text from here on (for the report).
+    let decode = |data: &str| {
+        streamed
+            .encoding
+            .decode(data)
+            .unwrap_or_else(|_| data.as_bytes().to_vec())
+    };
+    let (stdout, stderr) = (decode(&result.stdout), decode(&result.stderr));
     if !streamed.complete {
         // Polled, or the stream was lost: what was already printed live is not printed
         // again.
         for (stream, seen, data) in [
-            (StreamName::Stdout, &streamed.stdout.text, &result.stdout),
-            (StreamName::Stderr, &streamed.stderr.text, &result.stderr),
+            (StreamName::Stdout, &streamed.stdout.kept, &stdout),
+            (StreamName::Stderr, &streamed.stderr.kept, &stderr),
         ] {
-            let rest = data.strip_prefix(seen.as_str()).unwrap_or_default();
+            let rest = data.strip_prefix(seen.as_slice()).unwrap_or_default();
             if !rest.is_empty() {
                 context
                     .emit(RunEvent::Output {
                         host,
                         stream,
-                        data: rest.to_string(),
+                        data: rest.to_vec(),
                     })
                     .await;
             }
         }
         streamed.stdout = Capture::new();
         streamed.stderr = Capture::new();
-        streamed.stdout.add(&result.stdout);
-        streamed.stderr.add(&result.stderr);
+        streamed.stdout.add(&stdout);
+        streamed.stderr.add(&stderr);
     }
+    let result = JobResult {
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        ..result
+    };
     Ok(Some(result))
 }
 
@@ -260,8 +288,8 @@ fn record(
     report.stderr_bytes = Some(output.stderr_bytes);
     report.stdout_sha256 = Some(output.stdout_sha256.clone());
     report.stderr_sha256 = Some(output.stderr_sha256.clone());
-    report.stdout = stdout.text;
-    report.stderr = stderr.text;
+    report.stdout = String::from_utf8_lossy(&stdout.kept).into_owned();
+    report.stderr = String::from_utf8_lossy(&stderr.kept).into_owned();
     (report, Some(output))
 }
 
@@ -272,15 +300,15 @@ mod tests {
     #[test]
     fn capture_bounds_text_but_hashes_everything() {
         let mut capture = Capture::new();
-        capture.add("abc");
+        capture.add(b"abc");
         assert_eq!(capture.bytes, 3);
         assert_eq!(
             capture.sha256(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        capture.add(&"x".repeat(MAX_CAPTURE_BYTES));
+        capture.add("x".repeat(MAX_CAPTURE_BYTES).as_bytes());
         assert!(capture.truncated);
-        assert_eq!(capture.text, "abc");
+        assert_eq!(capture.kept, b"abc");
         assert_eq!(capture.bytes, 3 + MAX_CAPTURE_BYTES as u64);
     }
 }

@@ -272,6 +272,7 @@ async fn run_host(host: usize, client: &Client, context: &Context) -> HostReport
             payload_sha256: signed.payload_sha256(),
             signature: signed.signature.clone(),
             run_id: context.options.run_id.clone(),
+            requested_by: signed.payload.requested_by.clone(),
         };
         // Nothing runs unrecorded: no history row, no submission.
         if let Err(error) = history.record_submission(run).await {

@@ -237,6 +237,7 @@ mod tests {
                 payload_sha256: "h".into(),
                 signature: "s".into(),
                 run_id: Some("r1".into()),
+                requested_by: None,
             })
             .await
             .expect("submission");

@@ -6,9 +6,11 @@
 use rusqlite::{params, Connection};
 
 /// Columns added to `runs` after version 1: name and SQL type.
-const RUN_COLUMNS: [(&str, &str); 1] = [
+const RUN_COLUMNS: [(&str, &str); 2] = [
     // The invocation (`invocations.run_id`) the job belongs to; NULL for older rows.
     ("run_id", "TEXT"),
+    // Who the job was signed for (protocol v1.1 `requested_by`); NULL for older rows.
+    ("requested_by", "TEXT"),
 ];
 
 /// One row per `quickcmd run` / `submit` / `rerun`: what was asked and of whom, so a run
@@ -82,5 +84,45 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM invocations", [], |row| row.get(0))
             .expect("invocations table");
         assert_eq!(invocations, 0);
+    }
+
+    /// A file written by either branch's step alone (only `requested_by`, or only
+    /// `run_id` and `invocations`) gains the other column and keeps its values: the
+    /// steps apply in any order.
+    #[test]
+    fn files_with_either_later_column_gain_the_other() {
+        for (extra, value) in [("requested_by", "ann@ops"), ("run_id", "r1")] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let old = Connection::open(dir.path().join("old.db")).expect("open");
+            old.execute_batch(&format!(
+                "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, \
+                 agent TEXT NOT NULL, agent_url TEXT NOT NULL, controller_id TEXT NOT NULL, \
+                 user TEXT NOT NULL, command TEXT NOT NULL, prompt TEXT NOT NULL, \
+                 payload_sha256 TEXT NOT NULL, signature TEXT NOT NULL, \
+                 submitted_at TEXT NOT NULL, status TEXT NOT NULL, exit_code INTEGER, \
+                 reason TEXT, error TEXT, started_at TEXT, ended_at TEXT, duration_ms INTEGER, \
+                 stdout_bytes INTEGER, stderr_bytes INTEGER, stdout_sha256 TEXT, \
+                 stderr_sha256 TEXT, updated_at TEXT NOT NULL, {extra} TEXT, \
+                 UNIQUE (job_id, agent_url)); \
+                 INSERT INTO runs (job_id, agent, agent_url, controller_id, user, command, \
+                 prompt, payload_sha256, signature, submitted_at, status, updated_at, {extra}) \
+                 VALUES ('j1', 'a', 'https://a/', 'c', 'u', 'true', 'true', 'h', 's', 't', \
+                 'completed', 't', '{value}');"
+            ))
+            .expect("old schema");
+            migrate(&old).expect("migrate");
+            migrate(&old).expect("migrate again");
+            let (run, requested_by): (Option<String>, Option<String>) = old
+                .query_row("SELECT run_id, requested_by FROM runs", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .expect("both columns");
+            let kept = if extra == "run_id" { run } else { requested_by };
+            assert_eq!(kept.as_deref(), Some(value), "{extra} kept");
+            old.query_row("SELECT COUNT(*) FROM invocations", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .expect("invocations table");
+        }
     }
 }

@@ -16,7 +16,7 @@ mod witness;
 pub use invocation::{Invocation, InvocationTarget};
 use serde::Serialize;
 use sql::{open_blocking, row_from_sql, COLUMNS};
-pub use user::local_user;
+pub use user::{default_requested_by, local_user};
 pub use witness::StoredWitness;
 
 /// Why the history could not be read or written.
@@ -63,6 +63,8 @@ pub struct NewRun {
     pub signature: String,
     /// The invocation this job belongs to.
     pub run_id: Option<String>,
+    /// Who the job was signed for (v1.1 `requested_by`).
+    pub requested_by: Option<String>,
 }
 
 /// What became of a submission.
@@ -113,6 +115,8 @@ pub struct HistoryRow {
     /// The invocation (`quickcmd run`, `submit`, `rerun`) the job belongs to; none for
     /// rows written before runs were recorded.
     pub run_id: Option<String>,
+    /// Who the job was signed for; `None` in rows written before it was recorded.
+    pub requested_by: Option<String>,
 }
 
 impl HistoryRow {
@@ -197,8 +201,9 @@ impl History {
             let now = now_rfc3339();
             connection.execute(
                 "INSERT INTO runs (job_id, agent, agent_url, controller_id, user, command, \
-                 prompt, payload_sha256, signature, submitted_at, status, updated_at, run_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'submitting', ?10, ?11)",
+                 prompt, payload_sha256, signature, submitted_at, status, updated_at, run_id, \
+                 requested_by) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'submitting', ?10, ?11, ?12)",
                 params![
                     run.job_id,
                     run.agent,
@@ -210,7 +215,8 @@ impl History {
                     run.payload_sha256,
                     run.signature,
                     now,
-                    run.run_id
+                    run.run_id,
+                    run.requested_by
                 ],
             )?;
             Ok(())
@@ -320,7 +326,57 @@ mod tests {
             payload_sha256: "ab".into(),
             signature: "cd".into(),
             run_id: Some("r1".into()),
+            requested_by: Some("alice@laptop".into()),
         }
+    }
+
+    #[tokio::test]
+    async fn a_history_without_requested_by_gains_the_column_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.db");
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch(
+                "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, \
+                 agent TEXT NOT NULL, agent_url TEXT NOT NULL, controller_id TEXT NOT NULL, \
+                 user TEXT NOT NULL, command TEXT NOT NULL, prompt TEXT NOT NULL, \
+                 payload_sha256 TEXT NOT NULL, signature TEXT NOT NULL, submitted_at TEXT NOT NULL, \
+                 status TEXT NOT NULL, exit_code INTEGER, reason TEXT, error TEXT, started_at TEXT, \
+                 ended_at TEXT, duration_ms INTEGER, stdout_bytes INTEGER, stderr_bytes INTEGER, \
+                 stdout_sha256 TEXT, stderr_sha256 TEXT, updated_at TEXT NOT NULL, \
+                 UNIQUE (job_id, agent_url)); \
+                 INSERT INTO runs (job_id, agent, agent_url, controller_id, user, command, prompt, \
+                 payload_sha256, signature, submitted_at, status, updated_at) VALUES ('old', 'a', \
+                 'https://a/', 'c', 'bob', 'true', 'true', 'ab', 'cd', '2024-01-01T00:00:00Z', \
+                 'completed', '2024-01-01T00:00:00Z'); PRAGMA user_version = 1;",
+            )
+            .expect("an older history");
+        }
+        for _ in 0..2 {
+            let history = History::open(&path).await.expect("open migrates, twice");
+            let rows = history
+                .query(HistoryFilter::default())
+                .await
+                .expect("query");
+            assert_eq!(rows.len(), 1);
+            assert_eq!(
+                (rows[0].job_id.as_str(), rows[0].requested_by.as_deref()),
+                ("old", None)
+            );
+        }
+        let history = History::open(&path).await.expect("open");
+        history
+            .record_submission(run("new", "a"))
+            .await
+            .expect("insert");
+        let rows = history
+            .query(HistoryFilter {
+                job_id: Some("new".into()),
+                ..HistoryFilter::default()
+            })
+            .await
+            .expect("query");
+        assert_eq!(rows[0].requested_by.as_deref(), Some("alice@laptop"));
     }
 
     #[tokio::test]

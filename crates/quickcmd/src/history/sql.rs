@@ -41,7 +41,7 @@ PRAGMA user_version = 1;
 pub(super) const COLUMNS: &str = "job_id, agent, agent_url, controller_id, user, command, prompt, \
     payload_sha256, signature, submitted_at, status, exit_code, reason, error, started_at, \
     ended_at, duration_ms, stdout_bytes, stderr_bytes, stdout_sha256, stderr_sha256, updated_at, \
-    run_id";
+    run_id, requested_by";
 
 pub(super) fn row_from_sql(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryRow> {
     let to_u64 = |v: Option<i64>| v.map(|v| u64::try_from(v).unwrap_or(0));
@@ -69,6 +69,7 @@ pub(super) fn row_from_sql(row: &rusqlite::Row<'_>) -> rusqlite::Result<HistoryR
         stderr_sha256: row.get(20)?,
         updated_at: row.get(21)?,
         run_id: row.get(22)?,
+        requested_by: row.get(23)?,
     })
 }
 

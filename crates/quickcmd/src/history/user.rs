@@ -40,3 +40,38 @@ fn user_from_uid() -> String {
         })
         .unwrap_or_else(|| format!("uid:{uid}"))
 }
+
+/// Who jobs are signed for by default (protocol v1.1 `requested_by`): `<login>@<hostname>`,
+/// the login without the `sudo` note, cut to what the protocol allows.
+pub fn default_requested_by() -> String {
+    let login = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(user_from_uid);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    let text: String = format!("{login}@{host}")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(quickcmd_protocol::MAX_REQUESTED_BY_CHARS)
+        .collect();
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_requested_by_is_valid_login_at_host() {
+        let text = default_requested_by();
+        assert!(text.contains('@'), "{text}");
+        assert!(quickcmd_protocol::is_valid_requested_by(&text), "{text:?}");
+    }
+}

@@ -95,7 +95,7 @@ const MAX_PENDING_LINE: usize = 64 * 1024;
 struct Printer {
     config: PrinterConfig,
     width: usize,
-    pending: Vec<[String; 2]>,
+    pending: Vec<[Vec<u8>; 2]>,
     reports: Vec<Option<HostReport>>,
     bar: Option<indicatif::ProgressBar>,
     running: usize,
@@ -124,7 +124,7 @@ impl Printer {
             bar
         });
         Printer {
-            pending: vec![[String::new(), String::new()]; config.hosts.len()],
+            pending: vec![[Vec::new(), Vec::new()]; config.hosts.len()],
             reports: vec![None; config.hosts.len()],
             width,
             config,
@@ -187,7 +187,7 @@ impl Printer {
                 "event": "submitted", "run_id": run_id, "host": self.name(*host), "job_id": job_id,
             }),
             RunEvent::Output { host, stream, data } => {
-                output_event(run_id, self.name(*host), *stream, data.as_bytes())
+                output_event(run_id, self.name(*host), *stream, data)
             }
             RunEvent::Notice { host, message } => serde_json::json!({
                 "event": "notice", "run_id": run_id, "host": self.name(*host), "message": message,
@@ -231,35 +231,35 @@ impl Printer {
         }
     }
 
-    fn output(&mut self, host: usize, stream: StreamName, data: &str) {
+    fn output(&mut self, host: usize, stream: StreamName, data: &[u8]) {
         if self.config.format == OutputFormat::Json {
             return;
         }
         if !self.config.multi {
-            self.write_out(|| write_raw(stream, data.as_bytes()));
+            self.write_out(|| write_raw(stream, data));
             return;
         }
         let slot = stream_slot(stream);
         let Some(pending) = self.pending.get_mut(host) else {
             return;
         };
-        pending[slot].push_str(data);
         let buffer = &mut pending[slot];
-        let mut lines = String::new();
-        while let Some(end) = buffer.find('\n') {
-            let line: String = buffer.drain(..=end).collect();
-            lines.push_str(&line);
-        }
+        buffer.extend_from_slice(data);
+        // Whole lines go out now, prefixed; the bytes themselves are kept as they are.
+        let mut lines = match buffer.iter().rposition(|b| *b == b'\n') {
+            Some(end) => buffer.drain(..=end).collect(),
+            None => Vec::new(),
+        };
         if buffer.len() > MAX_PENDING_LINE {
-            lines.push_str(&std::mem::take(buffer));
-            lines.push('\n');
+            lines.append(buffer);
+            lines.push(b'\n');
         }
         if !lines.is_empty() {
             self.write_prefixed(host, stream, &lines);
         }
     }
 
-    fn write_prefixed(&self, host: usize, stream: StreamName, lines: &str) {
+    fn write_prefixed(&self, host: usize, stream: StreamName, lines: &[u8]) {
         let color = match stream {
             StreamName::Stdout => self.config.color_stdout,
             StreamName::Stderr => self.config.color_stderr,
@@ -270,12 +270,12 @@ impl Printer {
         } else {
             format!("{name} | ")
         };
-        let mut text = String::with_capacity(lines.len() + 32);
-        for line in lines.split_inclusive('\n') {
-            text.push_str(&prefix);
-            text.push_str(line);
+        let mut text = Vec::with_capacity(lines.len() + 32);
+        for line in lines.split_inclusive(|b| *b == b'\n') {
+            text.extend_from_slice(prefix.as_bytes());
+            text.extend_from_slice(line);
         }
-        self.write_out(|| write_raw(stream, text.as_bytes()));
+        self.write_out(|| write_raw(stream, &text));
     }
 
     fn finished(&mut self, host: usize, report: HostReport) {
@@ -288,7 +288,9 @@ impl Printer {
                     .map(|p| std::mem::take(&mut p[stream_slot(stream)]))
                     .unwrap_or_default();
                 if !rest.is_empty() {
-                    self.write_prefixed(host, stream, &format!("{rest}\n"));
+                    let mut line = rest;
+                    line.push(b'\n');
+                    self.write_prefixed(host, stream, &line);
                 }
             }
         }

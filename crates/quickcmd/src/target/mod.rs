@@ -15,8 +15,8 @@ mod resolve;
 pub use pattern::{did_you_mean, is_pattern, HostPattern, LabelSelector};
 
 pub use resolve::{
-    build_clients, controller_id_for, resolve_endpoints, secret_source, trust_source, SecretSource,
-    TrustSource,
+    build_clients, controller_id_for, resolve_endpoints, secret_source, trust_for, trust_source,
+    SecretSource, TrustSource,
 };
 
 /// The target options of a command.

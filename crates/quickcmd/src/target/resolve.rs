@@ -138,15 +138,7 @@ pub fn resolve_endpoints(
                 })
             }
         };
-        let trust = match trust_source(config, agent, overrides) {
-            TrustSource::Insecure => Trust::Insecure,
-            TrustSource::AgentCa(path) => {
-                load_pin(config, Some(&key("ca_cert")), &path, &mut pins)?
-            }
-            TrustSource::FlagCa(path) => load_pin(config, None, &path, &mut pins)?,
-            TrustSource::ConfigCa(path) => load_pin(config, Some("ca_cert"), &path, &mut pins)?,
-            TrustSource::PublicRoots => Trust::PublicRoots,
-        };
+        let trust = load_trust(config, agent, overrides, &mut pins)?;
         endpoints.push(AgentEndpoint {
             name: agent.name.clone(),
             url: agent.url.clone(),
@@ -182,6 +174,34 @@ fn load_secret_flag(
     let secret = read_secret_file(path)?;
     cache.insert(path.to_path_buf(), secret.clone());
     Ok(secret)
+}
+
+/// Whom we trust for `agent`'s certificate, reading its pinned file if it has one.
+pub fn trust_for(
+    config: &ControllerConfig,
+    agent: &InventoryAgent,
+    overrides: &Overrides,
+) -> Result<Trust, TargetError> {
+    load_trust(config, agent, overrides, &mut HashMap::new())
+}
+
+fn load_trust(
+    config: &ControllerConfig,
+    agent: &InventoryAgent,
+    overrides: &Overrides,
+    pins: &mut HashMap<PathBuf, Trust>,
+) -> Result<Trust, TargetError> {
+    let key = |field: &str| match config.agents.iter().position(|a| a.name == agent.name) {
+        Some(i) => format!("agents[{i}].{field}"),
+        None => field.to_string(),
+    };
+    Ok(match trust_source(config, agent, overrides) {
+        TrustSource::Insecure => Trust::Insecure,
+        TrustSource::AgentCa(path) => load_pin(config, Some(&key("ca_cert")), &path, pins)?,
+        TrustSource::FlagCa(path) => load_pin(config, None, &path, pins)?,
+        TrustSource::ConfigCa(path) => load_pin(config, Some("ca_cert"), &path, pins)?,
+        TrustSource::PublicRoots => Trust::PublicRoots,
+    })
 }
 
 fn load_pin(

@@ -200,6 +200,8 @@ fn values_the_sandbox_refuses_are_refused_at_admission() {
             command: p.command.clone(),
             ttl: p.ttl,
             sandbox: resolved,
+            stdin: None,
+            requested_by: None,
         };
         check_spec(&config, &job).map_err(|r| {
             assert_eq!(r.code, ErrorCode::InvalidPayload, "{}", r.message);

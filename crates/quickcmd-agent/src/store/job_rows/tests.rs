@@ -17,6 +17,7 @@ pub(in crate::store) fn new_job(job_id: &str, controller_id: &str, created_at_ms
         status: JobStatus::Pending,
         reason: None,
         error: None,
+        requested_by: None,
     }
 }
 
@@ -59,6 +60,7 @@ fn insert_then_get_round_trips_every_field() {
         sandbox_json: Some(r#"{"image":"alpine:latest"}"#.to_owned()),
         reason: Some("r".to_owned()),
         error: Some("e".to_owned()),
+        requested_by: Some("ann@laptop".to_owned()),
         ..new_job("job-1", "ctl", 1_000)
     };
     assert_eq!(
@@ -96,6 +98,7 @@ fn insert_then_get_round_trips_every_field() {
             stderr_sha256: None,
             stdout_truncated: false,
             stderr_truncated: false,
+            requested_by: job.requested_by,
         }
     );
     assert_eq!(store.get_job_blocking("job-2").expect("get"), None);
@@ -417,7 +420,7 @@ fn purge_keeps_unexpired_ids_unfinished_jobs_and_recent_jobs() {
                 &[StoredFrame {
                     seq: 1,
                     stream: "stdout".to_owned(),
-                    data: "x".to_owned(),
+                    data: b"x".to_vec(),
                     timestamp_ms: created,
                 }],
             )
