@@ -81,7 +81,8 @@ test-install: build deb
 bench: build
 	bash scripts/ensure-docker.sh
 	bash scripts/build-sandbox-image.sh $(SANDBOX_IMAGE)
-	bash scripts/bench.sh
+	$(CARGO) build --release --locked -p quickcmd-bench
+	target/release/quickcmd-bench $(BENCH_ARGS)
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

@@ -1,4 +1,4 @@
-# Shared by demo.sh, dev-agent.sh and bench.sh: make a local agent's keys, certificate and
+# Shared by demo.sh and dev-agent.sh: make a local agent's keys, certificate and
 # config under a directory, start it, and write a controller config that points at it.
 # Source it; it needs bin/quickcmd and bin/quickcmd-agent (make build).
 

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+
+use quickcmd_sandbox::{DockerSandbox, WarmPoolStats};
 
 const DURATION_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
@@ -76,6 +78,8 @@ pub(crate) struct Metrics {
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     job_duration: Histogram,
     sandbox_start: Histogram,
+    /// The sandbox whose warm pool is reported, once the server has built it.
+    warm_pool: OnceLock<DockerSandbox>,
 }
 
 impl Default for Metrics {
@@ -96,6 +100,7 @@ impl Default for Metrics {
             rejections: Mutex::new(BTreeMap::new()),
             job_duration: Histogram::new(&DURATION_BUCKETS),
             sandbox_start: Histogram::new(&START_BUCKETS),
+            warm_pool: OnceLock::new(),
         }
     }
 }
@@ -161,6 +166,11 @@ impl Metrics {
     }
     pub(crate) fn running(&self) -> u64 {
         self.jobs_running.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Reports `sandbox`'s warm pool from now on (nothing is reported without a pool).
+    pub(crate) fn report_warm_pool(&self, sandbox: DockerSandbox) {
+        let _ = self.warm_pool.set(sandbox);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -270,7 +280,61 @@ impl Metrics {
             "quickcmd_agent_sandbox_start_seconds",
             "Sandbox create-to-started latency",
         );
+        if let Some(stats) = self
+            .warm_pool
+            .get()
+            .and_then(DockerSandbox::warm_pool_stats)
+        {
+            render_warm_pool(&mut out, &stats);
+        }
         out
+    }
+}
+
+fn render_warm_pool(out: &mut String, stats: &WarmPoolStats) {
+    let lines = [
+        (
+            "quickcmd_agent_warm_pool_size",
+            "gauge",
+            "Warm sandbox containers the pool keeps ready (warm_pool_size)",
+            stats.size as u64,
+        ),
+        (
+            "quickcmd_agent_warm_pool_idle",
+            "gauge",
+            "Warm sandbox containers ready now",
+            stats.idle as u64,
+        ),
+        (
+            "quickcmd_agent_warm_pool_claimed_total",
+            "counter",
+            "Jobs that ran in a warm pool container",
+            stats.claimed_total,
+        ),
+        (
+            "quickcmd_agent_warm_pool_misses_total",
+            "counter",
+            "Jobs that fit the pool but found it empty and ran cold",
+            stats.misses_total,
+        ),
+        (
+            "quickcmd_agent_warm_pool_cold_fallbacks_total",
+            "counter",
+            "Jobs whose sandbox differs from the pool profile and ran cold",
+            stats.cold_fallbacks_total,
+        ),
+        (
+            "quickcmd_agent_warm_pool_discarded_total",
+            "counter",
+            "Warm containers found stopped while idle and removed unused",
+            stats.discarded_total,
+        ),
+    ];
+    for (name, kind, help, value) in lines {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     }
 }
 

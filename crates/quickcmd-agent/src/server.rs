@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hyper_util::server::graceful::GracefulShutdown;
 use quickcmd_protocol::reason;
-use quickcmd_sandbox::DockerSandbox;
+use quickcmd_sandbox::{DockerSandbox, PoolProfile, DEFAULT_WORKDIR};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
@@ -89,7 +89,24 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     )
     .context("cannot drop privileges")?;
 
+    // The pool's containers are spared by the start-up sweep in `recover` (it removes only
+    // those of a previous process) and serve jobs of the default sandbox profile.
+    let pool_profile = PoolProfile {
+        agent_id: config.agent_id.clone(),
+        image: config.limits.default_image.clone(),
+        user: config.limits.sandbox_user.clone(),
+        workdir: DEFAULT_WORKDIR.to_owned(),
+        tmp_size_bytes: config.limits.tmp_bytes,
+        workdir_size_bytes: config.limits.workdir_bytes,
+        cpu_limit: config.limits.default_cpu_limit,
+        memory_limit_bytes: config.limits.default_memory_limit,
+        pids_limit: config.limits.pids_limit,
+    };
+    let sandbox = sandbox
+        .with_warm_pool(config.warm_pool_size, pool_profile)
+        .context("cannot start the warm pool (check default_image, sandbox_user and the limits)")?;
     let agent = Agent::new(config, store, audit, sandbox);
+    agent.metrics.report_warm_pool(agent.sandbox.clone());
     recover(&agent).await?;
 
     let scheme = if acceptor.is_some() { "https" } else { "http" };
@@ -191,6 +208,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     {
         tracing::warn!("some connections did not close within 5 s");
     }
+    agent.sandbox.shutdown_warm_pool().await;
     refusal_summaries.abort();
     write_refusal_summaries(&agent, agent.refusals.take_all()).await;
     let event = AuditEvent::new(AuditKind::Shutdown);

@@ -1,7 +1,8 @@
 //! `/metrics` and `/health` after a known mix of jobs, and the `max_concurrent_jobs` limit.
 
+use nix::sys::signal::Signal;
 use quickcmd_protocol::{JobStatus, SandboxRequest};
-use quickcmd_testkit::{metric, next_frame, payload, unique, Config, TestAgent};
+use quickcmd_testkit::{containers, metric, next_frame, payload, unique, Config, TestAgent};
 use reqwest::Method;
 use serde_json::json;
 
@@ -182,4 +183,77 @@ async fn at_most_max_concurrent_jobs_run_at_once() {
         .max()
         .expect("two results");
     assert!(late_start < first_end, "the first two ran at the same time");
+}
+
+/// Waits until the agent's warm pool reports `idle` ready containers.
+async fn wait_pool_idle(agent: &TestAgent, idle: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = agent.metrics().await;
+        if metric(&text, "quickcmd_agent_warm_pool_idle") == Some(idle) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pool never reached {idle} idle:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// With `warm_pool_size: 2` a job of the default profile runs in a pool container (counted)
+/// and the pool is visible in `/metrics`; after a crash the next start sweeps the old pool
+/// but spares its own, and SIGTERM leaves no pool container behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_serves_default_jobs_and_shows_in_metrics() {
+    let mut agent = TestAgent::start("pool", Config::default().set("warm_pool_size", json!(2)));
+    let pool_filter = format!("label=quickcmd.pool={}", agent.agent_id);
+    // The pool fills in the background; wait for it so the first job is a claim, not a miss.
+    wait_pool_idle(&agent, 2.0).await;
+    let plain = unique("pool-plain");
+    agent
+        .submit("ctl-a", &plain, "echo \"$QUICKCMD_X\"; id -u; exit 5")
+        .await;
+    let view = agent.wait_final("ctl-a", &plain).await;
+    let result = view.result.expect("result");
+    assert_eq!(result.exit_code, 5);
+    assert_eq!(result.stdout, "\n65534\n");
+
+    let text = agent.metrics().await;
+    assert_eq!(metric(&text, "quickcmd_agent_warm_pool_size"), Some(2.0));
+    assert_eq!(
+        metric(&text, "quickcmd_agent_warm_pool_claimed_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "quickcmd_agent_warm_pool_misses_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "quickcmd_agent_warm_pool_cold_fallbacks_total"),
+        Some(0.0)
+    );
+    assert_eq!(result.status, JobStatus::Completed);
+
+    // A crash leaves the pool's containers; the next start removes them and keeps its own.
+    wait_pool_idle(&agent, 2.0).await;
+    agent.kill9();
+    let left = containers(&pool_filter);
+    assert_eq!(left.len(), 2, "the killed agent's pool: {left:?}");
+    agent.spawn();
+    wait_pool_idle(&agent, 2.0).await;
+    let now = containers(&pool_filter);
+    assert_eq!(now.len(), 2, "one pool after the restart: {now:?}");
+    assert!(
+        now.iter().all(|id| !left.contains(id)),
+        "the start-up sweep removed the old pool ({left:?}), not the new one ({now:?})"
+    );
+
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit().await.success());
+    assert_eq!(
+        containers(&pool_filter),
+        Vec::<String>::new(),
+        "SIGTERM drains the pool"
+    );
 }

@@ -30,18 +30,19 @@ pub(crate) struct ForwardSummary {
     pub(crate) receiver_dropped: bool,
 }
 
-/// The write half of an attach: the container's stdin.
+/// The write half of an attach with stdin: what is written reaches the container's stdin;
+/// shutting it down closes that stdin for good (the container is `stdin_once`).
 pub(crate) type AttachedInput = Pin<Box<dyn AsyncWrite + Send>>;
 
-/// Attaches to `container_id`'s stdout and stderr, live only (`logs=false`), and to its
-/// stdin when `with_stdin` (the container must have been created with stdin open). Call
-/// before start; the stream ends when the container's output is closed.
-pub(crate) async fn attach_output(
+/// Attaches to `container_id`'s stdout and stderr, and its stdin when `with_stdin`, live only
+/// (`logs=false`). Call before start; the output stream ends when the container's output is
+/// closed.
+pub(crate) async fn attach(
     docker: &Docker,
     container_id: &str,
     job_id: &str,
     with_stdin: bool,
-) -> Result<(AttachedOutput, Option<AttachedInput>), SandboxError> {
+) -> Result<(Option<AttachedInput>, AttachedOutput), SandboxError> {
     let options = AttachContainerOptionsBuilder::new()
         .stream(true)
         .stdout(true)
@@ -53,20 +54,22 @@ pub(crate) async fn attach_output(
         .attach_container(container_id, Some(options))
         .await
         .map_err(|err| SandboxError::engine("attach to container", job_id, &err))?;
-    // Without stdin the write half has nothing to say.
+    // Without stdin the write half has nothing to say; dropping it closes nothing the job sees.
     let input = with_stdin.then_some(attached.input);
-    Ok((attached.output, input))
+    Ok((input, attached.output))
 }
 
-/// Writes `bytes` to the container's stdin, then closes it (the command reads end of file).
-/// A command that exits without reading everything closes the pipe: that is its business,
-/// not an error of the job.
+/// Writes `bytes` to the container's stdin, then closes it so the job reads end of file.
+/// A job that exits without reading everything makes the write fail; that is its business,
+/// so the error is only traced.
 pub(crate) async fn write_stdin(mut input: AttachedInput, bytes: Vec<u8>, job_id: String) {
-    if let Err(error) = input.write_all(&bytes).await {
-        tracing::debug!(%job_id, %error, "stdin not fully written; the command stopped reading");
-    }
-    if let Err(error) = input.shutdown().await {
-        tracing::debug!(%job_id, %error, "closing stdin failed");
+    let written = async {
+        input.write_all(&bytes).await?;
+        input.flush().await?;
+        input.shutdown().await
+    };
+    if let Err(err) = written.await {
+        tracing::debug!(%job_id, error = %err, "stdin not fully delivered");
     }
 }
 

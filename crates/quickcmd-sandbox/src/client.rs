@@ -1,11 +1,13 @@
 //! `DockerSandbox`: the connection to one Docker engine, with the API version negotiated down
 //! to what the engine speaks, and the health ping.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::{Docker, API_DEFAULT_VERSION};
 
 use crate::error::{engine_message, SandboxError};
+use crate::pool::PoolHandle;
 
 /// The socket used when neither the caller nor `DOCKER_HOST` names one.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -22,6 +24,8 @@ const NEGOTIATE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DockerSandbox {
     pub(crate) docker: Docker,
     docker_host: String,
+    /// The warm pool, if `with_warm_pool` started one.
+    pub(crate) pool: Option<Arc<PoolHandle>>,
 }
 
 impl DockerSandbox {
@@ -57,6 +61,7 @@ impl DockerSandbox {
         Ok(Self {
             docker,
             docker_host,
+            pool: None,
         })
     }
 

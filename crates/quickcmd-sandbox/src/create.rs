@@ -12,6 +12,7 @@ use bollard::Docker;
 use rand::Rng;
 
 use crate::error::SandboxError;
+use crate::script::BOOTSTRAP;
 use crate::spec::SandboxSpec;
 
 /// Label naming the agent that owns a container; `remove_agent_containers` filters on it.
@@ -20,6 +21,12 @@ pub const LABEL_AGENT: &str = "quickcmd.agent";
 pub const LABEL_JOB: &str = "quickcmd.job";
 /// Label set to `"true"` on every container this crate creates.
 pub const LABEL_MANAGED: &str = "quickcmd.managed";
+/// Label on warm pool containers, naming the agent whose pool made them. They carry
+/// `quickcmd.agent` and `quickcmd.managed` too, so the start-up sweep removes them.
+pub const LABEL_POOL: &str = "quickcmd.pool";
+/// Label naming the one `DockerSandbox` pool (a random id per process) that made a pool
+/// container, so the start-up sweep spares the pool that is already filling.
+pub const LABEL_POOL_INSTANCE: &str = "quickcmd.pool.instance";
 
 /// Longest part of a job id kept in a container name; the id itself is in the labels.
 const NAME_JOB_ID_MAX: usize = 48;
@@ -29,16 +36,55 @@ pub(crate) async fn create_container(
     docker: &Docker,
     spec: &SandboxSpec,
 ) -> Result<String, SandboxError> {
-    let name = container_name(&spec.job_id);
-    let options = CreateContainerOptionsBuilder::new().name(&name).build();
+    create_named(
+        docker,
+        &container_name(&spec.job_id),
+        container_config(spec),
+        &spec.job_id,
+    )
+    .await
+}
+
+/// Creates a warm pool container: `spec`'s fixed settings (the pool profile), running
+/// [`BOOTSTRAP`] with stdin open for exactly one attach, labelled as the pool's.
+pub(crate) async fn create_pool_container(
+    docker: &Docker,
+    spec: &SandboxSpec,
+    instance: &str,
+) -> Result<String, SandboxError> {
+    let mut config = container_config(spec);
+    config.cmd = Some(vec!["sh".to_owned(), "-c".to_owned(), BOOTSTRAP.to_owned()]);
+    // The job's env is exported by the script; the profile carries none.
+    config.env = Some(Vec::new());
+    config.open_stdin = Some(true);
+    config.stdin_once = Some(true);
+    config.attach_stdin = Some(true);
+    let mut labels = HashMap::from([
+        (LABEL_AGENT.to_owned(), spec.agent_id.clone()),
+        (LABEL_MANAGED.to_owned(), "true".to_owned()),
+        (LABEL_POOL.to_owned(), spec.agent_id.clone()),
+        (LABEL_POOL_INSTANCE.to_owned(), instance.to_owned()),
+    ]);
+    labels.retain(|_, value| !value.is_empty());
+    config.labels = Some(labels);
+    create_named(docker, &container_name("pool"), config, &spec.job_id).await
+}
+
+async fn create_named(
+    docker: &Docker,
+    name: &str,
+    config: ContainerCreateBody,
+    job_id: &str,
+) -> Result<String, SandboxError> {
+    let options = CreateContainerOptionsBuilder::new().name(name).build();
     let created = docker
-        .create_container(Some(options), container_config(spec))
+        .create_container(Some(options), config)
         .await
-        .map_err(|err| SandboxError::engine("create container", &spec.job_id, &err))?;
+        .map_err(|err| SandboxError::engine("create container", job_id, &err))?;
     for warning in &created.warnings {
         // e.g. "Your kernel does not support swap limit capabilities": the engine then drops
         // memory_swap, and operators need to know the limit is weaker than configured.
-        tracing::warn!(job_id = %spec.job_id, container = %name, %warning, "docker warned on create");
+        tracing::warn!(job_id, container = %name, %warning, "docker warned on create");
     }
     Ok(created.id)
 }
@@ -152,7 +198,7 @@ pub(crate) fn labels(agent_id: &str, job_id: &str) -> HashMap<String, String> {
     ])
 }
 
-fn nano_cpus(cores: f64) -> i64 {
+pub(crate) fn nano_cpus(cores: f64) -> i64 {
     // `validate` bounds `cores` to 0.01..=1e6, so this neither rounds to 0 nor saturates.
     (cores * 1e9).round() as i64
 }
@@ -259,6 +305,16 @@ mod tests {
         assert_eq!(mounts[0].typ, Some(MountType::BIND));
         assert_eq!(mounts[0].read_only, Some(true));
         assert_eq!(mounts[0].target.as_deref(), Some("/in"));
+    }
+
+    #[test]
+    fn stdin_is_opened_only_when_the_job_has_some() {
+        let mut spec = spec();
+        spec.stdin = Some(b"input".to_vec());
+        let config = container_config(&spec);
+        assert_eq!(config.open_stdin, Some(true));
+        assert_eq!(config.stdin_once, Some(true));
+        assert_eq!(config.attach_stdin, Some(true));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOpt
 use bollard::Docker;
 
 use crate::client::DockerSandbox;
-use crate::create::{LABEL_AGENT, LABEL_JOB, LABEL_MANAGED};
+use crate::create::{LABEL_AGENT, LABEL_JOB, LABEL_MANAGED, LABEL_POOL_INSTANCE};
 use crate::error::{engine_message, engine_status, SandboxError};
 
 /// A failed removal is retried this many times in all before `run` reports it.
@@ -116,7 +116,8 @@ impl DockerSandbox {
 
     /// Force-removes every container labelled `quickcmd.agent=<agent_id>` (running or not)
     /// and returns how many were removed. Meant for agent start, when nothing of that agent
-    /// can still be running legitimately.
+    /// can still be running legitimately — except this sandbox's own warm pool, which may
+    /// already be filling and is spared (a previous process's pool containers are removed).
     pub async fn remove_agent_containers(&self, agent_id: &str) -> Result<usize, SandboxError> {
         self.remove_labelled(agent_id, None).await
     }
@@ -149,12 +150,20 @@ impl DockerSandbox {
             .await
             .map_err(|err| cleanup_error(engine_message(&err)))?;
 
+        let own_pool = self.warm_pool().map(|pool| pool.instance().to_owned());
         let mut removed = 0;
         let mut failures = Vec::new();
         for container in containers {
             let Some(container_id) = container.id else {
                 continue;
             };
+            let instance = container
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(LABEL_POOL_INSTANCE));
+            if own_pool.is_some() && instance == own_pool.as_ref() {
+                continue;
+            }
             match remove_once(&self.docker, &container_id).await {
                 Ok(()) => removed += 1,
                 Err(err) => failures.push(format!("{container_id}: {}", engine_message(&err))),

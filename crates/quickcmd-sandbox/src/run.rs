@@ -1,8 +1,9 @@
 //! `DockerSandbox::run`: one job, one container, composed from the verbs
 //! (image → create → attach → start → wait | timeout | cancel → inspect → remove).
 //!
-//! The container is created and attached before anything is started, so a later warm pool of
-//! pre-created single-use containers can hand `supervise` a container at the attach step.
+//! The container is created and attached before anything is started, so no first byte is
+//! lost. A job that fits the warm pool's profile skips image, create, attach and start: it
+//! gets a container that already runs (`pooled.rs`) and joins this path at `watch`.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::attach::{attach_output, forward_output, write_stdin, ForwardSummary};
+use crate::attach::{attach, forward_output, write_stdin, ForwardSummary};
 use crate::client::DockerSandbox;
 use crate::create::create_container;
 use crate::error::SandboxError;
@@ -33,7 +34,8 @@ const KILL_WAIT_CAP: Duration = Duration::from_secs(10);
 const OUTPUT_DRAIN_CAP: Duration = Duration::from_secs(5);
 
 impl DockerSandbox {
-    /// Runs `spec` in a fresh container and returns how it ended.
+    /// Runs `spec` in a fresh container, or in a warm pool container when the pool has one
+    /// and `spec` fits its profile, and returns how it ended.
     ///
     /// Output is forwarded into `output` as it arrives; the container id is sent on `started`
     /// once the container runs (if the job never starts, `started` is dropped instead).
@@ -48,6 +50,27 @@ impl DockerSandbox {
         started: oneshot::Sender<String>,
     ) -> Result<SandboxOutcome, SandboxError> {
         spec.validate()?;
+        if cancel.is_cancelled() {
+            return Ok(cancelled_before_start(String::new()));
+        }
+        if let Some(pool) = self.warm_pool() {
+            if let Some((warm, script)) = pool.claim_for(&spec) {
+                return self
+                    .run_pooled(spec, pool, warm, script, output, cancel, started)
+                    .await;
+            }
+        }
+        self.run_cold(spec, output, cancel, started).await
+    }
+
+    /// The cold path: image → create → attach → start → wait → remove.
+    async fn run_cold(
+        &self,
+        spec: SandboxSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+        started: oneshot::Sender<String>,
+    ) -> Result<SandboxOutcome, SandboxError> {
         tokio::select! {
             biased;
             () = cancel.cancelled() => return Ok(cancelled_before_start(String::new())),
@@ -71,18 +94,29 @@ impl DockerSandbox {
             .await;
 
         guard.disarm();
-        let removed = remove_container(&self.docker, &container_id, &spec.job_id).await;
+        self.remove_after(&spec.job_id, &container_id, supervised)
+            .await
+    }
+
+    /// Removes the job's container and combines the job's result with the removal's.
+    pub(crate) async fn remove_after(
+        &self,
+        job_id: &str,
+        container_id: &str,
+        supervised: Result<SandboxOutcome, SandboxError>,
+    ) -> Result<SandboxOutcome, SandboxError> {
+        let removed = remove_container(&self.docker, container_id, job_id).await;
         match (supervised, removed) {
             (Ok(outcome), Ok(())) => Ok(outcome),
             // A container that could not be removed may still be running: say so rather
             // than report a clean end.
             (Ok(outcome), Err(err)) => {
-                tracing::error!(job_id = %spec.job_id, %container_id, exit_code = outcome.exit_code, error = %err, "job ended but its container could not be removed");
+                tracing::error!(job_id, container_id, exit_code = outcome.exit_code, error = %err, "job ended but its container could not be removed");
                 Err(err)
             }
             (Err(err), removed) => {
                 if let Err(remove_err) = removed {
-                    tracing::error!(job_id = %spec.job_id, %container_id, error = %remove_err, "container could not be removed after a failed job");
+                    tracing::error!(job_id, container_id, error = %remove_err, "container could not be removed after a failed job");
                 }
                 Err(err)
             }
@@ -90,7 +124,7 @@ impl DockerSandbox {
     }
 
     /// Everything between create and remove, for a container that exists but has not been
-    /// started: attach, start, wait for exit, timeout or cancel, then drain the output.
+    /// started: attach, start, write stdin, then watch it to its end.
     async fn supervise(
         &self,
         spec: &SandboxSpec,
@@ -101,9 +135,9 @@ impl DockerSandbox {
         started: oneshot::Sender<String>,
     ) -> Result<SandboxOutcome, SandboxError> {
         let job_id = spec.job_id.as_str();
-        let (attached, input) =
-            attach_output(&self.docker, container_id, job_id, spec.stdin.is_some()).await?;
-        let mut forwarder = Forwarder(tokio::spawn(forward_output(
+        let (input, attached) =
+            attach(&self.docker, container_id, job_id, spec.stdin.is_some()).await?;
+        let forwarder = Forwarder(tokio::spawn(forward_output(
             attached,
             output,
             job_id.to_owned(),
@@ -114,21 +148,49 @@ impl DockerSandbox {
         }
         start_container(&self.docker, container_id, job_id).await?;
         let started_at = Instant::now();
+        let start_latency = started_at.duration_since(create_requested);
+        // Written after start, in its own task: a job that never reads must not block this.
+        let _stdin_writer = input.map(|input| {
+            AbortOnDrop(tokio::spawn(write_stdin(
+                input,
+                spec.stdin.clone().unwrap_or_default(),
+                job_id.to_owned(),
+            )))
+        });
+        // The caller may have stopped listening; the job runs regardless.
+        let _ = started.send(container_id.to_owned());
+        let waiting = wait_for_exit(&self.docker, container_id, job_id);
+        self.watch(
+            spec,
+            container_id,
+            started_at,
+            start_latency,
+            waiting,
+            forwarder,
+            cancel,
+        )
+        .await
+    }
+
+    /// From start to the end: wait for exit, timeout or cancel, tell an OOM kill from an
+    /// ordinary exit, then drain the output. The same for cold and pooled containers.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn watch(
+        &self,
+        spec: &SandboxSpec,
+        container_id: &str,
+        started_at: Instant,
+        start_latency: Duration,
+        waiting: impl std::future::Future<Output = Result<i64, SandboxError>>,
+        mut forwarder: Forwarder,
+        cancel: CancellationToken,
+    ) -> Result<SandboxOutcome, SandboxError> {
+        let job_id = spec.job_id.as_str();
         let started_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let start_latency = started_at.duration_since(create_requested);
-        tracing::debug!(job_id, container_id, ?start_latency, "container started");
-        // The caller may have stopped listening; the job runs regardless.
-        let _ = started.send(container_id.to_owned());
-        // Written on its own task, while the output is read: a command that writes as it
-        // reads would otherwise block on a full pipe.
-        if let (Some(input), Some(bytes)) = (input, spec.stdin.clone()) {
-            tokio::spawn(write_stdin(input, bytes, job_id.to_owned()));
-        }
-
-        let waiting = wait_for_exit(&self.docker, container_id, job_id);
+        tracing::debug!(job_id, container_id, ?start_latency, "job started");
         tokio::pin!(waiting);
         // A timeout too large to represent as an instant never fires.
         let deadline = started_at.checked_add(spec.timeout);
@@ -203,7 +265,7 @@ impl DockerSandbox {
     }
 }
 
-fn cancelled_before_start(container_id: String) -> SandboxOutcome {
+pub(crate) fn cancelled_before_start(container_id: String) -> SandboxOutcome {
     SandboxOutcome {
         exit_code: NOT_RUN_EXIT_CODE,
         reason: EndReason::Cancelled,
@@ -213,7 +275,16 @@ fn cancelled_before_start(container_id: String) -> SandboxOutcome {
 }
 
 /// The output-forwarding task; aborted if dropped, so it never outlives its job.
-struct Forwarder(JoinHandle<ForwardSummary>);
+pub(crate) struct Forwarder(pub(crate) JoinHandle<ForwardSummary>);
+
+/// A helper task (a stdin writer, a wait) that must not outlive its job.
+pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 impl Forwarder {
     /// Waits for the attach stream to end (the engine closes it once the container's output

@@ -44,8 +44,8 @@ pub struct SandboxSpec {
     pub tmp_size_bytes: i64,
     pub workdir_size_bytes: i64,
     pub mounts: Vec<BindMount>,
-    /// Bytes written to the command's standard input, then end of file; `None`: the
-    /// command reads end of file at once (its stdin is not even opened).
+    /// Bytes given to the command's standard input, followed by end of file. `None`: the
+    /// command reads end of file at once (stdin is not even opened).
     pub stdin: Option<Vec<u8>>,
 }
 

@@ -14,8 +14,8 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use quickcmd_sandbox::{
-    BindMount, DockerSandbox, EndReason, OutputChunk, SandboxError, SandboxOutcome, SandboxSpec,
-    LABEL_AGENT, LABEL_JOB, LABEL_MANAGED,
+    BindMount, DockerSandbox, EndReason, OutputChunk, PoolProfile, SandboxError, SandboxOutcome,
+    SandboxSpec, LABEL_AGENT, LABEL_JOB, LABEL_MANAGED, LABEL_POOL,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -119,6 +119,20 @@ async fn containers_labelled(label: &str) -> Vec<String> {
         .collect()
 }
 
+async fn container_exists(container_id: &str) -> bool {
+    match raw_docker()
+        .await
+        .inspect_container(container_id, None)
+        .await
+    {
+        Ok(_) => true,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => false,
+        Err(err) => panic!("inspect {container_id}: {err}"),
+    }
+}
+
 fn spec(agent_id: &str, command: &str) -> SandboxSpec {
     SandboxSpec {
         job_id: unique("job"),
@@ -139,6 +153,189 @@ fn spec(agent_id: &str, command: &str) -> SandboxSpec {
         stdin: None,
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cold and pooled: every sandbox test runs both ways
+// ---------------------------------------------------------------------------------------------
+
+/// How a test's jobs reach their container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A fresh container per job (no pool).
+    Cold,
+    /// A warm pool whose profile is `spec()`'s defaults; every job is checked to have been
+    /// served by it.
+    Pooled,
+}
+
+/// The pool profile matching `spec(agent, _)`.
+fn profile(agent_id: &str) -> PoolProfile {
+    let defaults = spec(agent_id, "");
+    PoolProfile {
+        agent_id: agent_id.to_owned(),
+        image: defaults.image,
+        user: defaults.user,
+        workdir: defaults.workdir,
+        tmp_size_bytes: defaults.tmp_size_bytes,
+        workdir_size_bytes: defaults.workdir_size_bytes,
+        cpu_limit: defaults.cpu_limit,
+        memory_limit_bytes: defaults.memory_limit_bytes,
+        pids_limit: defaults.pids_limit,
+    }
+}
+
+/// A sandbox for one test, its agent id, and (pooled) its warm pool.
+struct Harness {
+    sandbox: DockerSandbox,
+    agent: String,
+    mode: Mode,
+}
+
+impl Harness {
+    async fn new(mode: Mode) -> Self {
+        Self::with_pool_size(mode, 1).await
+    }
+
+    async fn with_pool_size(mode: Mode, pool_size: usize) -> Self {
+        let agent = unique("agent");
+        let sandbox = sandbox().await;
+        let sandbox = match mode {
+            Mode::Cold => sandbox,
+            Mode::Pooled => sandbox
+                .with_warm_pool(pool_size, profile(&agent))
+                .expect("start the warm pool"),
+        };
+        Self {
+            sandbox,
+            agent,
+            mode,
+        }
+    }
+
+    fn spec(&self, command: &str) -> SandboxSpec {
+        spec(&self.agent, command)
+    }
+
+    /// Stops the pool and removes its idle containers, and checks none is left.
+    async fn finish(&self) {
+        self.sandbox.shutdown_warm_pool().await;
+        assert_eq!(
+            containers_labelled(&format!("{LABEL_POOL}={}", self.agent)).await,
+            Vec::<String>::new(),
+            "pool containers outlived the pool"
+        );
+    }
+
+    /// Pooled: waits until the pool holds `count` ready containers.
+    async fn wait_idle(&self, count: usize) {
+        if self.mode == Mode::Cold {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let stats = self.sandbox.warm_pool_stats().expect("a pool");
+            if stats.idle >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the warm pool did not fill to {count}: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn claimed(&self) -> u64 {
+        self.sandbox
+            .warm_pool_stats()
+            .map_or(0, |stats| stats.claimed_total)
+    }
+
+    async fn run(&self, spec: SandboxSpec) -> Finished {
+        self.run_with(spec, CancellationToken::new(), 64, Duration::ZERO, |_| {})
+            .await
+    }
+
+    async fn run_command(&self, command: &str) -> Finished {
+        self.run(self.spec(command)).await
+    }
+
+    /// `run_with` after the pool is ready; pooled, asserts the job really took a pool
+    /// container.
+    async fn run_with(
+        &self,
+        spec: SandboxSpec,
+        cancel: CancellationToken,
+        capacity: usize,
+        read_delay: Duration,
+        on_started: impl FnOnce(String) + Send + 'static,
+    ) -> Finished {
+        self.wait_idle(1).await;
+        let before = self.claimed();
+        let cancelled_early = cancel.is_cancelled();
+        let finished = run_with(
+            &self.sandbox,
+            spec,
+            cancel,
+            capacity,
+            read_delay,
+            on_started,
+        )
+        .await;
+        if self.mode == Mode::Pooled && !cancelled_early {
+            assert_eq!(self.claimed(), before + 1, "the job did not use the pool");
+        }
+        finished
+    }
+}
+
+/// Runs one test body with a fresh harness of `mode`, then stops its pool and removes the
+/// pool's idle containers (a test that panics leaves them to the next agent sweep).
+async fn both<F>(mode: Mode, body: F)
+where
+    F: for<'h> FnOnce(&'h Harness) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'h>>,
+{
+    let h = Harness::new(mode).await;
+    body(&h).await;
+    h.finish().await;
+}
+
+/// Each named `async fn NAME(h: &Harness)` becomes two tests, `cold::NAME` and
+/// `pooled::NAME`.
+macro_rules! both_ways {
+    ($($name:ident),* $(,)?) => {
+        mod cold {
+            $(#[tokio::test] async fn $name() { super::both(super::Mode::Cold, |h| Box::pin(super::$name(h))).await })*
+        }
+        mod pooled {
+            $(#[tokio::test] async fn $name() { super::both(super::Mode::Pooled, |h| Box::pin(super::$name(h))).await })*
+        }
+    };
+}
+
+both_ways!(
+    exit_codes_zero_and_three,
+    stdout_and_stderr_are_separate,
+    first_line_is_never_lost,
+    last_bytes_arrive_through_a_slow_small_channel,
+    output_is_live_not_buffered_until_exit,
+    env_and_workdir,
+    stdin_bytes_reach_the_command_then_end_of_file,
+    without_stdin_the_command_reads_end_of_file,
+    the_workdir_is_writable_by_the_sandbox_user_default_and_custom,
+    timeout_kills_with_124_and_removes_the_container,
+    out_of_memory_is_reported_as_oom,
+    fork_bomb_is_contained_by_the_pids_limit,
+    pids_limit_is_enforced_inside,
+    no_network_only_loopback,
+    runs_as_nobody,
+    root_is_read_only_while_tmp_and_workdir_are_writable,
+    no_capabilities_no_new_privs_and_seccomp,
+    engine_applied_the_host_config,
+    cancel_kills_fast,
+    cancel_before_start_never_starts,
+    dropped_run_future_still_removes_the_container,
+);
 
 /// One finished `run`, with every output chunk and when it arrived.
 struct Finished {
@@ -233,6 +430,16 @@ async fn run_with(
         Vec::<String>::new(),
         "the job's container must be removed when run returns ({result:?})"
     );
+    // A pooled job's container carries no job label: check it by id.
+    if let Ok(outcome) = &result {
+        if !outcome.container_id.is_empty() {
+            assert!(
+                !container_exists(&outcome.container_id).await,
+                "container {} outlived its job",
+                outcome.container_id
+            );
+        }
+    }
     Finished {
         result,
         events,
@@ -253,25 +460,17 @@ async fn run(sandbox: &DockerSandbox, spec: SandboxSpec) -> Finished {
     .await
 }
 
-async fn run_command(command: &str) -> Finished {
-    let sandbox = sandbox().await;
-    run(&sandbox, spec(&unique("agent"), command)).await
-}
-
 // ---------------------------------------------------------------------------------------------
 // Exit codes and output
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn exit_codes_zero_and_three() {
-    let sandbox = sandbox().await;
-    let agent = unique("agent");
-    let ok = run(&sandbox, spec(&agent, "true")).await;
+async fn exit_codes_zero_and_three(h: &Harness) {
+    let ok = h.run(h.spec("true")).await;
     assert_eq!(ok.outcome().exit_code, 0);
     assert_eq!(ok.outcome().reason, EndReason::Exited);
     assert_eq!(ok.outcome().container_id.len(), 64);
 
-    let three = run(&sandbox, spec(&agent, "exit 3")).await;
+    let three = h.run(h.spec("exit 3")).await;
     assert_eq!(three.outcome().exit_code, 3);
     assert_eq!(three.outcome().reason, EndReason::Exited);
     eprintln!(
@@ -281,55 +480,54 @@ async fn exit_codes_zero_and_three() {
     );
 }
 
-#[tokio::test]
-async fn stdout_and_stderr_are_separate() {
-    let finished = run_command("echo to-out; echo to-err >&2; echo more-out").await;
+async fn stdout_and_stderr_are_separate(h: &Harness) {
+    let finished = h
+        .run_command("echo to-out; echo to-err >&2; echo more-out")
+        .await;
     assert_eq!(finished.outcome().exit_code, 0);
     assert_eq!(finished.stdout(), "to-out\nmore-out\n");
     assert_eq!(finished.stderr(), "to-err\n");
 }
 
-#[tokio::test]
-async fn first_line_is_never_lost() {
-    let sandbox = sandbox().await;
-    let agent = unique("agent");
+async fn first_line_is_never_lost(outer: &Harness) {
     // Attach-before-start is what makes this hold; a fast command is the worst case.
-    let runs = (0..6).map(|_| run(&sandbox, spec(&agent, "echo first")));
-    for finished in futures_util::future::join_all(runs).await {
+    // Pooled: six ready containers, six jobs at once.
+    let mode = outer.mode;
+    let h = Harness::with_pool_size(mode, 6).await;
+    h.wait_idle(6).await;
+    let runs = (0..6).map(|_| run(&h.sandbox, h.spec("echo first")));
+    let finished_all = futures_util::future::join_all(runs).await;
+    if mode == Mode::Pooled {
+        assert_eq!(h.claimed(), 6, "every job used the pool");
+    }
+    for finished in finished_all {
         assert_eq!(finished.outcome().exit_code, 0);
         assert_eq!(finished.stdout(), "first\n");
     }
+    h.finish().await;
 }
 
-#[tokio::test]
-async fn last_bytes_arrive_through_a_slow_small_channel() {
-    let sandbox = sandbox().await;
+async fn last_bytes_arrive_through_a_slow_small_channel(h: &Harness) {
     // 256 KiB through a channel of one slot with a slow reader: the command is throttled by
     // backpressure, and everything up to the final marker (no newline) still arrives.
     let command = "head -c 262144 /dev/zero | tr '\\0' a; printf END";
-    let finished = run_with(
-        &sandbox,
-        spec(&unique("agent"), command),
-        CancellationToken::new(),
-        1,
-        Duration::from_millis(2),
-        |_| {},
-    )
-    .await;
+    let finished = h
+        .run_with(
+            h.spec(command),
+            CancellationToken::new(),
+            1,
+            Duration::from_millis(2),
+            |_| {},
+        )
+        .await;
     assert_eq!(finished.outcome().exit_code, 0);
     let stdout = finished.stdout();
     assert_eq!(stdout.len(), 262_144 + 3);
     assert!(stdout.ends_with("aEND"));
 }
 
-#[tokio::test]
-async fn output_is_live_not_buffered_until_exit() {
-    let sandbox = sandbox().await;
-    let finished = run(
-        &sandbox,
-        spec(&unique("agent"), "echo early; sleep 2; echo late"),
-    )
-    .await;
+async fn output_is_live_not_buffered_until_exit(h: &Harness) {
+    let finished = h.run(h.spec("echo early; sleep 2; echo late")).await;
     assert_eq!(finished.outcome().exit_code, 0);
     assert_eq!(finished.stdout(), "early\nlate\n");
     let early = finished.arrival_of("early");
@@ -385,23 +583,53 @@ async fn output_is_live_handshake_through_a_read_only_bind_mount() {
     assert_eq!(seen, "ready\nread-only\n");
 }
 
-#[tokio::test]
-async fn env_and_workdir() {
-    let sandbox = sandbox().await;
-    let mut job = spec(&unique("agent"), "echo \"$GREETING\"; pwd");
+async fn env_and_workdir(h: &Harness) {
+    let mut job = h.spec("echo \"$GREETING\"; pwd");
     job.env
         .insert("GREETING".to_owned(), "hello world; $(id)".to_owned());
-    let finished = run(&sandbox, job).await;
+    let finished = h.run(job).await;
     assert_eq!(finished.stdout(), "hello world; $(id)\n/work\n");
 }
 
-#[tokio::test]
-async fn the_workdir_is_writable_by_the_sandbox_user_default_and_custom() {
-    let sandbox = sandbox().await;
+async fn stdin_bytes_reach_the_command_then_end_of_file(h: &Harness) {
+    // NUL, a lone 0xff, no final newline, and 300 KiB so the bytes cannot all sit in one pipe
+    // buffer: every byte arrives, then end of file (`wc` returns).
+    let mut data = b"first\n\0\xffno newline".to_vec();
+    data.extend(std::iter::repeat_n(b'z', 300 * 1024));
+    let mut job = h.spec("od -An -c | head -2 | tr -s ' \n' ' '; echo; wc -c < /dev/null");
+    job.stdin = Some(data.clone());
+    let finished = h.run(job).await;
+    assert_eq!(finished.outcome().exit_code, 0);
+    assert_eq!(
+        finished.stdout(),
+        " f i r s t \\n \\0 377 n o n e w l i n e z z z z z z z z z z z z z z \n0\n"
+    );
+
+    let mut count = h.spec("wc -c; cat >/dev/null; echo eof");
+    count.stdin = Some(data.clone());
+    let finished = h.run(count).await;
+    assert_eq!(finished.outcome().exit_code, 0);
+    assert_eq!(finished.stdout(), format!("{}\neof\n", data.len()));
+}
+
+async fn without_stdin_the_command_reads_end_of_file(h: &Harness) {
+    // `cat` returns at once: stdin is at end of file, not an open pipe that never closes.
+    let finished = h.run_command("cat; wc -c; echo done").await;
+    assert_eq!(finished.outcome().exit_code, 0);
+    assert_eq!(finished.stdout(), "0\ndone\n");
+}
+
+async fn the_workdir_is_writable_by_the_sandbox_user_default_and_custom(h: &Harness) {
+    // `/work` is the pool's profile (pooled in that mode); `/srv/app` always runs cold.
     for workdir in ["/work", "/srv/app"] {
-        let mut job = spec(&unique("agent"), "touch f && ls -ldn . && echo wrote");
+        let mut job = h.spec("touch f && ls -ldn . && echo wrote");
         job.workdir = workdir.to_owned();
-        let finished = run(&sandbox, job).await;
+        let finished = if workdir == "/work" {
+            h.run(job).await
+        } else {
+            // Another workdir does not fit the pool's profile: cold in both modes.
+            run(&h.sandbox, job).await
+        };
         assert_eq!(
             finished.outcome().exit_code,
             0,
@@ -419,51 +647,14 @@ async fn the_workdir_is_writable_by_the_sandbox_user_default_and_custom() {
     }
 }
 
-#[tokio::test]
-async fn stdin_bytes_reach_the_command_then_end_of_file() {
-    let sandbox = sandbox().await;
-    // Every byte value, and more than a pipe buffer, so writing and reading overlap.
-    let input: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
-    let mut job = spec(&unique("agent"), "cat");
-    job.stdin = Some(input.clone());
-    let finished = run(&sandbox, job).await;
-    assert_eq!(finished.outcome().exit_code, 0, "{}", finished.stderr());
-    assert_eq!(stdout_bytes(&finished), input);
-
-    let mut echo = spec(&unique("agent"), "cat");
-    echo.stdin = Some(b"line 1\n\xff\x00 no newline".to_vec());
-    let finished = run(&sandbox, echo).await;
-    assert_eq!(stdout_bytes(&finished), b"line 1\n\xff\x00 no newline");
-}
-
-fn stdout_bytes(finished: &Finished) -> Vec<u8> {
-    finished
-        .events
-        .iter()
-        .filter_map(|(_, chunk)| match chunk {
-            OutputChunk::Stdout(bytes) => Some(bytes.to_vec()),
-            OutputChunk::Stderr(_) => None,
-        })
-        .flatten()
-        .collect()
-}
-
-#[tokio::test]
-async fn without_stdin_the_command_reads_end_of_file_at_once() {
-    let finished = run_command("cat; echo \"eof $?\"").await;
-    assert_eq!(finished.stdout(), "eof 0\n");
-}
-
 // ---------------------------------------------------------------------------------------------
 // Limits: timeout, OOM, PIDs
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn timeout_kills_with_124_and_removes_the_container() {
-    let sandbox = sandbox().await;
-    let mut job = spec(&unique("agent"), "echo before; sleep 30");
+async fn timeout_kills_with_124_and_removes_the_container(h: &Harness) {
+    let mut job = h.spec("echo before; sleep 30");
     job.timeout = Duration::from_secs(2);
-    let finished = run(&sandbox, job).await;
+    let finished = h.run(job).await;
     assert_eq!(finished.outcome().reason, EndReason::Timeout);
     assert_eq!(finished.outcome().exit_code, 124);
     assert_eq!(finished.stdout(), "before\n");
@@ -476,14 +667,12 @@ async fn timeout_kills_with_124_and_removes_the_container() {
     assert!(took < Duration::from_secs(15), "timeout took {took:?}");
 }
 
-#[tokio::test]
-async fn out_of_memory_is_reported_as_oom() {
-    let sandbox = sandbox().await;
+async fn out_of_memory_is_reported_as_oom(h: &Harness) {
     // busybox tail keeps its whole input in memory when it has no newline; 64 MiB of zeros
     // through a 16 MiB limit without swap must be OOM-killed.
-    let mut job = spec(&unique("agent"), "head -c 64m /dev/zero | tail");
+    let mut job = h.spec("head -c 64m /dev/zero | tail");
     job.memory_limit_bytes = 16 << 20;
-    let finished = run(&sandbox, job).await;
+    let finished = h.run(job).await;
     let outcome = finished.outcome();
     assert_eq!(
         outcome.reason,
@@ -497,13 +686,11 @@ async fn out_of_memory_is_reported_as_oom() {
     assert_eq!(outcome.exit_code, 137);
 }
 
-#[tokio::test]
-async fn fork_bomb_is_contained_by_the_pids_limit() {
-    let sandbox = sandbox().await;
-    let mut job = spec(&unique("agent"), "bomb() { bomb | bomb & }; bomb; sleep 30");
+async fn fork_bomb_is_contained_by_the_pids_limit(h: &Harness) {
+    let mut job = h.spec("bomb() { bomb | bomb & }; bomb; sleep 30");
     job.pids_limit = 32;
     job.timeout = Duration::from_secs(5);
-    let finished = run(&sandbox, job).await;
+    let finished = h.run(job).await;
     let outcome = finished.outcome();
     assert!(
         matches!(outcome.reason, EndReason::Timeout | EndReason::Exited),
@@ -520,21 +707,17 @@ async fn fork_bomb_is_contained_by_the_pids_limit() {
         .await
         .expect("the host can still start processes");
     assert!(host.success());
-    let after = run(&sandbox, spec(&unique("agent"), "echo alive")).await;
+    let after = h.run(h.spec("echo alive")).await;
     assert_eq!(after.stdout(), "alive\n");
 }
 
-#[tokio::test]
-async fn pids_limit_is_enforced_inside() {
+async fn pids_limit_is_enforced_inside(h: &Harness) {
     // 20 sleeping children fit under 32; 40 do not, and the shell says it cannot fork.
-    let sandbox = sandbox().await;
-    let mut job = spec(
-        &unique("agent"),
-        "i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done 2>&1; echo spawned",
-    );
+    let mut job =
+        h.spec("i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done 2>&1; echo spawned");
     job.pids_limit = 32;
     job.timeout = Duration::from_secs(10);
-    let finished = run(&sandbox, job).await;
+    let finished = h.run(job).await;
     let all = format!("{}{}", finished.stdout(), finished.stderr());
     assert!(
         all.contains("can't fork") || all.contains("Resource temporarily unavailable"),
@@ -546,13 +729,13 @@ async fn pids_limit_is_enforced_inside() {
 // Isolation
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn no_network_only_loopback() {
-    let finished = run_command(
-        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; \
+async fn no_network_only_loopback(h: &Harness) {
+    let finished = h
+        .run_command(
+            "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; \
          wget -q -T 2 -O /dev/null http://1.1.1.1/ 2>/dev/null && echo reached || echo unreachable",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(finished.outcome().exit_code, 0);
     assert_eq!(finished.stdout(), "lo\nunreachable\n");
 }
@@ -572,16 +755,14 @@ async fn network_true_has_an_interface_beyond_loopback() {
     assert!(interfaces.iter().any(|name| name != "lo"), "{interfaces:?}");
 }
 
-#[tokio::test]
-async fn runs_as_nobody() {
-    let finished = run_command("id -u; id -g").await;
+async fn runs_as_nobody(h: &Harness) {
+    let finished = h.run_command("id -u; id -g").await;
     assert_eq!(finished.stdout(), "65534\n65534\n");
 }
 
-#[tokio::test]
-async fn root_is_read_only_while_tmp_and_workdir_are_writable() {
+async fn root_is_read_only_while_tmp_and_workdir_are_writable(h: &Harness) {
     // The copies keep busybox's name: it picks the applet from argv[0].
-    let finished = run_command(
+    let finished = h.run_command(
         "touch /x 2>/dev/null && echo root-writable || echo root-read-only; \
          touch /bin/x 2>/dev/null && echo bin-writable || echo bin-read-only; \
          touch /tmp/x && echo tmp-writable; \
@@ -599,12 +780,12 @@ async fn root_is_read_only_while_tmp_and_workdir_are_writable() {
     );
 }
 
-#[tokio::test]
-async fn no_capabilities_no_new_privs_and_seccomp() {
-    let finished = run_command(
-        "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
-    )
-    .await;
+async fn no_capabilities_no_new_privs_and_seccomp(h: &Harness) {
+    let finished = h
+        .run_command(
+            "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
+        )
+        .await;
     let status: HashMap<String, String> = finished
         .stdout()
         .lines()
@@ -623,12 +804,10 @@ async fn no_capabilities_no_new_privs_and_seccomp() {
     assert_eq!(status.get("Seccomp").map(String::as_str), Some("2"));
 }
 
-#[tokio::test]
-async fn engine_applied_the_host_config() {
+async fn engine_applied_the_host_config(h: &Harness) {
     // What the engine actually recorded for a running job, not what we think we sent.
-    let sandbox = sandbox().await;
-    let agent = unique("agent");
-    let mut job = spec(&agent, "sleep 30");
+    let mode = h.mode;
+    let mut job = h.spec("sleep 30");
     job.cpu_limit = 0.5;
     job.pids_limit = 48;
     job.memory_limit_bytes = 96 << 20;
@@ -636,24 +815,24 @@ async fn engine_applied_the_host_config() {
     let cancel = CancellationToken::new();
     let (inspected_tx, inspected_rx) = oneshot::channel();
     let cancel_after_inspect = cancel.clone();
-    let finished = run_with(
-        &sandbox,
-        job,
-        cancel.clone(),
-        8,
-        Duration::ZERO,
-        move |container_id| {
-            tokio::spawn(async move {
-                let inspected = raw_docker()
-                    .await
-                    .inspect_container(&container_id, None)
-                    .await;
-                let _ = inspected_tx.send(inspected);
-                cancel_after_inspect.cancel();
-            });
-        },
-    )
-    .await;
+    let finished = h
+        .run_with(
+            job,
+            cancel.clone(),
+            8,
+            Duration::ZERO,
+            move |container_id| {
+                tokio::spawn(async move {
+                    let inspected = raw_docker()
+                        .await
+                        .inspect_container(&container_id, None)
+                        .await;
+                    let _ = inspected_tx.send(inspected);
+                    cancel_after_inspect.cancel();
+                });
+            },
+        )
+        .await;
     assert_eq!(finished.outcome().reason, EndReason::Cancelled);
     let inspected = inspected_rx
         .await
@@ -663,13 +842,24 @@ async fn engine_applied_the_host_config() {
     assert_eq!(config.user.as_deref(), Some(NOBODY));
     assert_eq!(config.working_dir.as_deref(), Some("/work"));
     assert_eq!(config.tty, Some(false));
-    assert_eq!(config.open_stdin, Some(false));
     let labels = config.labels.unwrap_or_default();
-    assert_eq!(labels.get(LABEL_AGENT), Some(&agent));
-    assert_eq!(labels.get(LABEL_JOB), Some(&job_id));
+    assert_eq!(labels.get(LABEL_AGENT), Some(&h.agent));
     assert_eq!(labels.get(LABEL_MANAGED).map(String::as_str), Some("true"));
     let name = inspected.name.unwrap_or_default();
-    assert!(name.starts_with("/quickcmd-job-"), "{name}");
+    match mode {
+        Mode::Cold => {
+            assert_eq!(config.open_stdin, Some(false));
+            assert_eq!(labels.get(LABEL_JOB), Some(&job_id));
+            assert!(name.starts_with("/quickcmd-job-"), "{name}");
+        }
+        Mode::Pooled => {
+            // Made before the job existed: stdin open for its script, labelled as the pool's.
+            assert_eq!(config.open_stdin, Some(true));
+            assert_eq!(config.stdin_once, Some(true));
+            assert_eq!(labels.get(LABEL_POOL), Some(&h.agent));
+            assert!(name.starts_with("/quickcmd-pool-"), "{name}");
+        }
+    }
 
     let host = inspected.host_config.expect("host config");
     assert_eq!(host.network_mode.as_deref(), Some("none"));
@@ -695,7 +885,7 @@ async fn engine_applied_the_host_config() {
     );
     assert_eq!(
         tmpfs.get("/work").map(String::as_str),
-        Some("rw,exec,nosuid,nodev,size=16777216,mode=1777")
+        Some("rw,exec,nosuid,nodev,size=16777216,uid=65534,gid=65534,mode=0700")
     );
     assert_eq!(
         host.log_config.and_then(|log| log.typ).as_deref(),
@@ -707,25 +897,17 @@ async fn engine_applied_the_host_config() {
 // Cancel, errors, cleanup
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn cancel_kills_fast() {
-    let sandbox = sandbox().await;
+async fn cancel_kills_fast(h: &Harness) {
     let cancel = CancellationToken::new();
     let canceller = cancel.clone();
-    let finished = run_with(
-        &sandbox,
-        spec(&unique("agent"), "sleep 60"),
-        cancel,
-        8,
-        Duration::ZERO,
-        move |_| {
+    let finished = h
+        .run_with(h.spec("sleep 60"), cancel, 8, Duration::ZERO, move |_| {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 canceller.cancel();
             });
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(finished.outcome().reason, EndReason::Cancelled);
     assert_eq!(finished.outcome().exit_code, 137);
     let took = finished
@@ -734,20 +916,18 @@ async fn cancel_kills_fast() {
     assert!(took < Duration::from_secs(10), "cancel took {took:?}");
 }
 
-#[tokio::test]
-async fn cancel_before_start_never_starts() {
-    let sandbox = sandbox().await;
+async fn cancel_before_start_never_starts(h: &Harness) {
     let cancel = CancellationToken::new();
     cancel.cancel();
-    let finished = run_with(
-        &sandbox,
-        spec(&unique("agent"), "echo should-not-run"),
-        cancel,
-        8,
-        Duration::ZERO,
-        |_| {},
-    )
-    .await;
+    let finished = h
+        .run_with(
+            h.spec("echo should-not-run"),
+            cancel,
+            8,
+            Duration::ZERO,
+            |_| {},
+        )
+        .await;
     assert_eq!(finished.outcome().reason, EndReason::Cancelled);
     assert_eq!(finished.outcome().exit_code, -1, "no command ran");
     assert_eq!(finished.outcome().start_latency, None);
@@ -807,26 +987,24 @@ async fn invalid_spec_is_refused_before_the_engine_sees_it() {
     );
 }
 
-#[tokio::test]
-async fn dropped_run_future_still_removes_the_container() {
-    let sandbox = sandbox().await;
-    let job = spec(&unique("agent"), "sleep 60");
-    let job_label = format!("{LABEL_JOB}={}", job.job_id);
+async fn dropped_run_future_still_removes_the_container(h: &Harness) {
+    h.wait_idle(1).await;
+    let job = h.spec("sleep 60");
     let (output_tx, _output_rx) = mpsc::channel(8);
     let (started_tx, started_rx) = oneshot::channel();
     let running = tokio::spawn({
-        let sandbox = sandbox.clone();
+        let sandbox = h.sandbox.clone();
         async move {
             sandbox
                 .run(job, output_tx, CancellationToken::new(), started_tx)
                 .await
         }
     });
-    started_rx.await.expect("the job started");
-    assert_eq!(containers_labelled(&job_label).await.len(), 1);
+    let container_id = started_rx.await.expect("the job started");
+    assert!(container_exists(&container_id).await);
     running.abort();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !containers_labelled(&job_label).await.is_empty() {
+    while container_exists(&container_id).await {
         assert!(
             Instant::now() < deadline,
             "the container outlived its aborted run"
@@ -946,4 +1124,213 @@ async fn connect_accepts_explicit_hosts_and_rejects_unknown_schemes() {
         DockerSandbox::connect(Some("unix:///nonexistent/docker.sock")).await,
         Err(SandboxError::Connect { .. })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The warm pool itself
+// ---------------------------------------------------------------------------------------------
+
+/// The ids of the pool containers of `agent` that exist now.
+async fn pool_containers(agent: &str) -> Vec<String> {
+    containers_labelled(&format!("{LABEL_POOL}={agent}")).await
+}
+
+#[tokio::test]
+async fn pooled_job_cannot_fake_its_exit_code() {
+    let h = Harness::new(Mode::Pooled).await;
+    // What a wrapper that parsed the job's output for a status would be fooled by: a status
+    // line on both streams, a NUL, a half line, then the real exit.
+    let command = "echo 'exit code: 0'; echo 'EXIT_STATUS=0' >&2; echo '__quickcmd_exit__ 0'; \
+                   printf '\\0exit 0\\n0'; exit 3";
+    let finished = h.run_command(command).await;
+    assert_eq!(finished.outcome().exit_code, 3);
+    assert_eq!(finished.outcome().reason, EndReason::Exited);
+
+    // Its last command killed by a signal: the engine's 137, whatever the job wrote first.
+    // (PID 1 cannot SIGKILL itself from inside its namespace, cold or pooled.)
+    let finished = h
+        .run_command("echo 0; sleep 30 & kill -9 $!; wait $!")
+        .await;
+    assert_eq!(finished.outcome().exit_code, 137);
+
+    // The job is PID 1 itself, as in a cold container: there is no wrapper left to fool.
+    let finished = h
+        .run_command("echo $$; cat /proc/1/cmdline | tr '\\0' ' '")
+        .await;
+    assert_eq!(
+        finished.stdout(),
+        "1\nsh -c echo $$; cat /proc/1/cmdline | tr '\\0' ' ' "
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_pool_container_serves_one_job_and_is_never_reused() {
+    let h = Harness::new(Mode::Pooled).await;
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        let finished = h
+            .run_command("hostname; ls -a /work | wc -l; touch /work/mark")
+            .await;
+        let outcome = finished.outcome();
+        assert!(
+            !seen.contains(&outcome.container_id),
+            "round {round}: container {} served twice",
+            outcome.container_id
+        );
+        // A fresh workdir every time: the previous job's mark is not there.
+        assert!(
+            finished.stdout().ends_with("2\n"),
+            "{:?}",
+            finished.stdout()
+        );
+        assert!(!container_exists(&outcome.container_id).await);
+        seen.push(outcome.container_id.clone());
+    }
+    let stats = h.sandbox.warm_pool_stats().expect("a pool");
+    assert_eq!(stats.claimed_total, 3);
+    assert_eq!(stats.misses_total, 0);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_idle_pool_container_costs_no_cpu() {
+    let h = Harness::new(Mode::Pooled).await;
+    h.wait_idle(1).await;
+    let ids = pool_containers(&h.agent).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let read = |file: String| {
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|err| panic!("{file}: {err}"));
+        text.trim()
+            .parse::<u64>()
+            .unwrap_or_else(|err| panic!("{file}: {text:?}: {err}"))
+    };
+    // cgroup v1 with the cgroupfs driver, as on the machines this runs on.
+    let cpu_file = format!("/sys/fs/cgroup/cpuacct/docker/{}/cpuacct.usage", ids[0]);
+    let memory_file = format!(
+        "/sys/fs/cgroup/memory/docker/{}/memory.usage_in_bytes",
+        ids[0]
+    );
+    let first = read(cpu_file.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = read(cpu_file);
+    let memory = read(memory_file);
+    eprintln!(
+        "idle pool container: {} ns CPU over 2 s (total {second} ns since start), {} KiB memory",
+        second - first,
+        memory / 1024
+    );
+    // Blocked in read(2): not a single scheduler tick's worth of CPU in two seconds.
+    assert!(
+        second - first < 5_000_000,
+        "an idle pool container used {} ns of CPU",
+        second - first
+    );
+    assert!(
+        memory < 8 << 20,
+        "an idle pool container uses {memory} bytes"
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn pooled_and_cold_jobs_see_the_same_environment() {
+    let cold = Harness::new(Mode::Cold).await;
+    let pooled = Harness::new(Mode::Pooled).await;
+    let command = "env | grep -v '^HOSTNAME=' | sort; pwd; umask; ulimit -n; id";
+    let mut job = cold.spec(command);
+    job.env
+        .insert("QUOTED".to_owned(), "it's $HOME `x`\nline2".to_owned());
+    let from_cold = cold.run(job.clone()).await;
+    job.job_id = unique("job");
+    job.agent_id = pooled.agent.clone();
+    let from_pool = pooled.run(job).await;
+    assert_eq!(from_cold.outcome().exit_code, 0);
+    assert_eq!(from_pool.outcome().exit_code, 0);
+    assert_eq!(from_pool.stdout(), from_cold.stdout());
+    // `sort` put the value's second line elsewhere; both lines are there, verbatim.
+    assert!(from_pool.stdout().contains("QUOTED=it's $HOME `x`\n"));
+    assert!(from_pool.stdout().contains("\nline2\n"));
+    pooled.finish().await;
+}
+
+#[tokio::test]
+async fn jobs_that_do_not_fit_the_profile_run_cold_and_an_empty_pool_is_a_miss() {
+    let h = Harness::new(Mode::Pooled).await;
+    h.wait_idle(1).await;
+    let mut network = h.spec("true");
+    network.network = true;
+    let mut other_user = h.spec("id -u");
+    other_user.user = "1234:1234".to_owned();
+    let mut odd_env = h.spec("true");
+    odd_env
+        .env
+        .insert("NOT-A-SHELL-NAME".to_owned(), "x".to_owned());
+    for job in [network, other_user, odd_env] {
+        let finished = run(&h.sandbox, job).await;
+        assert_eq!(finished.outcome().exit_code, 0);
+    }
+    let stats = h.sandbox.warm_pool_stats().expect("a pool");
+    assert_eq!(stats.claimed_total, 0);
+    assert_eq!(stats.cold_fallbacks_total, 3);
+
+    // Two at once with one ready container: one claims it, the other misses and runs cold.
+    let both = futures_util::future::join(
+        run(&h.sandbox, h.spec("echo a")),
+        run(&h.sandbox, h.spec("echo b")),
+    )
+    .await;
+    assert_eq!(both.0.stdout(), "a\n");
+    assert_eq!(both.1.stdout(), "b\n");
+    let stats = h.sandbox.warm_pool_stats().expect("a pool");
+    assert_eq!(stats.claimed_total, 1);
+    assert_eq!(stats.misses_total, 1);
+    // And it refills.
+    h.wait_idle(1).await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn start_up_sweep_removes_an_old_pool_but_spares_its_own() {
+    let agent = unique("agent");
+    let old = sandbox()
+        .await
+        .with_warm_pool(1, profile(&agent))
+        .expect("old pool");
+    let old = Harness {
+        sandbox: old,
+        agent: agent.clone(),
+        mode: Mode::Pooled,
+    };
+    old.wait_idle(1).await;
+    let old_ids = pool_containers(&agent).await;
+    assert_eq!(old_ids.len(), 1);
+    // As if the old process had crashed: its pool container is still there when a new
+    // process with the same agent id starts and sweeps.
+
+    let new = sandbox()
+        .await
+        .with_warm_pool(1, profile(&agent))
+        .expect("new pool");
+    let new = Harness {
+        sandbox: new,
+        agent: agent.clone(),
+        mode: Mode::Pooled,
+    };
+    new.wait_idle(1).await;
+    let removed = new
+        .sandbox
+        .remove_agent_containers(&agent)
+        .await
+        .expect("sweep");
+    assert_eq!(removed, 1, "the old pool's container is a leftover");
+    assert!(!container_exists(&old_ids[0]).await);
+    let left = pool_containers(&agent).await;
+    assert_eq!(left.len(), 1, "the new pool's own container is spared");
+    let finished = new.run_command("echo still-works").await;
+    assert_eq!(finished.stdout(), "still-works\n");
+
+    new.sandbox.shutdown_warm_pool().await;
+    old.sandbox.shutdown_warm_pool().await;
+    assert!(pool_containers(&agent).await.is_empty());
 }

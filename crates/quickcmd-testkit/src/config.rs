@@ -41,7 +41,7 @@ pub struct Config {
 
 impl Default for Config {
     /// `ctl-a` and `ctl-b` with their own secrets and no scopes; the sandbox image is the
-    /// local one.
+    /// local one; no warm pool.
     fn default() -> Config {
         Config {
             controllers: vec![("ctl-a".into(), Vec::new()), ("ctl-b".into(), Vec::new())],
@@ -51,7 +51,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// No controllers at all (the agent refuses such a config until some are added).
+    /// No controllers at all (the agent refuses such a config until some are added); no
+    /// warm pool.
     pub fn empty() -> Config {
         Config {
             allowed_controllers: Vec::new(),
@@ -60,7 +61,10 @@ impl Config {
             shared_scopes: Vec::new(),
             shared_secret: SHARED_SECRET.to_string(),
             tls: None,
-            extra: BTreeMap::new(),
+            // Tests find a job's container by its `quickcmd.job` label and count an agent's
+            // containers, which only cold containers allow; pool containers are made before
+            // their job exists. `.set("warm_pool_size", …)` turns the pool on.
+            extra: BTreeMap::from([("warm_pool_size".to_string(), Value::from(0))]),
         }
     }
 

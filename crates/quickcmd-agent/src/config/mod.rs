@@ -10,6 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Each warm container is a started container on the host; a pool larger than this is a typo.
+const MAX_WARM_POOL_SIZE: usize = 64;
+
 pub use checks::ConnectionLimits;
 pub use raw::RawConfig;
 
@@ -115,6 +118,8 @@ pub struct AgentConfig {
     pub audit_refusals_per_source_per_minute: u32,
     /// Connection cap and timeouts; the cap takes effect only at start.
     pub connections: ConnectionLimits,
+    /// Containers of the default sandbox profile kept started ahead of time; 0: none.
+    pub warm_pool_size: usize,
     /// Problems worth a log line that do not stop the agent (e.g. a world-readable secret).
     pub warnings: Vec<String>,
 }
@@ -483,6 +488,12 @@ impl Validator<'_> {
         if raw.stream_buffer_frames < 16 {
             return Err(self.invalid("stream_buffer_frames", "must be at least 16"));
         }
+        if raw.warm_pool_size > MAX_WARM_POOL_SIZE {
+            return Err(self.invalid(
+                "warm_pool_size",
+                format!("must be at most {MAX_WARM_POOL_SIZE} (0 disables the pool)"),
+            ));
+        }
         let agent_id = match raw.agent_id.clone() {
             Some(id) if !id.is_empty() => id,
             Some(_) => return Err(self.invalid("agent_id", "must not be empty")),
@@ -537,6 +548,7 @@ impl Validator<'_> {
             max_output_frames: raw.max_output_frames,
             audit_refusals_per_source_per_minute: raw.audit_refusals_per_source_per_minute,
             connections,
+            warm_pool_size: raw.warm_pool_size,
             warnings: Vec::new(),
         })
     }

@@ -89,6 +89,8 @@ pub struct RawConfig {
     pub idle_timeout_seconds: u64,
     /// A WebSocket subscriber that does not take a frame within this time is closed (1008).
     pub stream_send_timeout_seconds: u64,
+    /// Sandbox containers of the default profile kept started ahead of time; 0 disables.
+    pub warm_pool_size: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +167,7 @@ impl Default for RawConfig {
             body_read_timeout_seconds: 30,
             idle_timeout_seconds: 60,
             stream_send_timeout_seconds: 30,
+            warm_pool_size: 2,
         }
     }
 }
