@@ -1,6 +1,6 @@
 //! The sandbox's output as the agent frames and caps it: any writes to stdout and stderr
-//! under any `max_output_bytes`. Live frames carry exactly the written text (the bytes
-//! themselves when they are UTF-8, U+FFFD for what never can be), numbered 1, 2, 3...; the
+//! under any `max_output_bytes`. Live frames carry exactly the written bytes (protocol v1.1
+//! keeps bytes, not text), numbered 1, 2, 3...; the
 //! summaries count and hash every byte; the stored view is the head, one marker counting
 //! exactly the bytes left out, and the tail, each within its half of the cap.
 #![no_main]
@@ -40,17 +40,18 @@ fuzz_target!(|data: &[u8]| {
 
 fn check_stream(output: &Output, stderr: bool, input: &[u8], max: usize) {
     let live: Vec<&Frame> = output.live.iter().filter(|f| f.stderr == stderr).collect();
-    let text: String = live.iter().map(|f| f.data.as_str()).collect();
-    assert_eq!(text, String::from_utf8_lossy(input));
+    let joined: Vec<u8> = live.iter().flat_map(|f| f.bytes.iter().copied()).collect();
+    assert_eq!(joined, input);
     if let Ok(valid) = std::str::from_utf8(input) {
-        assert_eq!(text, valid);
+        let text: String = live.iter().map(|f| f.data.as_str()).collect();
+        assert_eq!(text, valid, "valid UTF-8 is cut only between characters");
     }
     // A frame is never empty and holds at most an eighth of the cap (4 B..16 KiB), or one
     // character that is bigger than that.
     let limit = (max / 8).clamp(4, 16 * 1024);
     for frame in &live {
-        assert!(!frame.data.is_empty());
-        assert!(frame.data.len() <= limit || frame.data.chars().count() == 1);
+        assert!(!frame.bytes.is_empty());
+        assert!(frame.bytes.len() <= limit);
     }
     let summary: &Summary = if stderr {
         &output.stderr
@@ -65,8 +66,8 @@ fn check_stream(output: &Output, stderr: bool, input: &[u8], max: usize) {
         .iter()
         .filter(|f| f.stderr == stderr)
         .collect();
-    let stored_text: String = stored.iter().map(|f| f.data.as_str()).collect();
-    assert_eq!(summary.text, stored_text);
+    let stored_bytes: Vec<u8> = stored.iter().flat_map(|f| f.bytes.iter().copied()).collect();
+    assert_eq!(summary.stored, stored_bytes);
     if !summary.truncated {
         assert_eq!(stored, live, "nothing omitted: every frame is stored");
         return;
@@ -82,7 +83,7 @@ fn check_stream(output: &Output, stderr: bool, input: &[u8], max: usize) {
         marker.seq, omitted[0].seq,
         "the marker takes the first omitted seq"
     );
-    let bytes = |frames: &[&Frame]| frames.iter().map(|f| f.data.len()).sum::<usize>();
+    let bytes = |frames: &[&Frame]| frames.iter().map(|f| f.bytes.len()).sum::<usize>();
     let name = if stderr { "stderr" } else { "stdout" };
     assert_eq!(
         marker.data,
@@ -95,6 +96,6 @@ fn check_stream(output: &Output, stderr: bool, input: &[u8], max: usize) {
     assert!(bytes(tail) <= max - max / 2);
     assert_eq!(
         bytes(&live[..head]) + bytes(omitted) + bytes(tail),
-        text.len()
+        input.len()
     );
 }

@@ -15,7 +15,10 @@ use crate::stream::JobStream;
 pub struct Frame {
     pub stderr: bool,
     pub seq: u64,
+    /// The frame's text as a text reader gets it.
     pub data: String,
+    /// The exact bytes the frame carries (what `encoding=base64` sends).
+    pub bytes: Vec<u8>,
 }
 
 /// One stream's end: byte count and SHA-256 of everything written, the stored text.
@@ -25,6 +28,8 @@ pub struct Summary {
     pub sha256: String,
     pub truncated: bool,
     pub text: String,
+    /// The stored bytes: head, marker line, tail.
+    pub stored: Vec<u8>,
 }
 
 /// What a job's output became.
@@ -44,6 +49,7 @@ fn frame(f: &crate::stream::Frame) -> Frame {
         stderr: f.log.stream == StreamName::Stderr,
         seq: f.log.seq,
         data: String::from_utf8_lossy(&f.bytes).into_owned(),
+        bytes: f.bytes.clone(),
     }
 }
 
@@ -53,6 +59,7 @@ fn summary(s: crate::stream::StreamSummary) -> Summary {
         sha256: s.sha256,
         truncated: s.truncated,
         text: String::from_utf8_lossy(&s.stored).into_owned(),
+        stored: s.stored,
     }
 }
 
