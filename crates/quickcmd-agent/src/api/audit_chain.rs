@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::Json;
 use quickcmd_protocol::{chain_range, AuditChain, ErrorCode, MAX_CHAIN_ROWS};
 
-use super::auth::{authenticate, Reader};
+use super::auth::authenticate_signed;
 use super::ApiError;
 use crate::audit::AuditError;
 use crate::state::Agent;
@@ -50,20 +50,13 @@ pub(super) async fn chain(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Json<AuditChain>, ApiError> {
-    let reader = authenticate(
+    let caller = authenticate_signed(
         &agent,
-        &Method::GET,
         "/api/v1/audit/chain",
         &headers,
         &query,
-        false,
+        "the audit chain",
     )?;
-    let Reader::Controller(caller) = reader else {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "the audit chain needs a signed read",
-        ));
-    };
     let from = seq_param(&query, "from")?;
     let to = seq_param(&query, "to")?;
     chain_range(from, to).map_err(|error| {

@@ -36,6 +36,24 @@ fn unauthorized(agent: &Agent, why: &str) -> ApiError {
     )
 }
 
+/// Checks a read that has no legacy open form and returns the signing controller's id;
+/// `what` names the request in the refusal.
+pub(super) fn authenticate_signed(
+    agent: &Agent,
+    path: &str,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    what: &str,
+) -> Result<String, ApiError> {
+    match authenticate(agent, &Method::GET, path, headers, query, false)? {
+        Reader::Controller(controller_id) => Ok(controller_id),
+        _ => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            format!("{what} needs a signed request"),
+        )),
+    }
+}
+
 /// Checks the credentials of a read; `open_allowed` says whether this endpoint has a
 /// legacy open form.
 pub(super) fn authenticate(

@@ -13,7 +13,7 @@ use quickcmd_protocol::{
     Encoding, ErrorCode, JobList, JobResult, JobStatus, JobSummary, JobView, SubmitResponse,
 };
 
-use super::auth::{authenticate, Reader};
+use super::auth::{authenticate, authenticate_signed, Reader};
 use super::ApiError;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::clock;
@@ -122,20 +122,8 @@ pub(super) async fn list(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Json<JobList>, ApiError> {
-    let reader = authenticate(
-        &agent,
-        &Method::GET,
-        "/api/v1/jobs",
-        &headers,
-        &query,
-        false,
-    )?;
-    let Reader::Controller(controller_id) = reader else {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "listing jobs needs a signed request",
-        ));
-    };
+    let controller_id =
+        authenticate_signed(&agent, "/api/v1/jobs", &headers, &query, "listing jobs")?;
     let status = match query.get("status").filter(|s| !s.is_empty()) {
         Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
             ApiError::new(

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::Json;
-use quickcmd_protocol::{ErrorCode, WhoAmI};
+use quickcmd_protocol::WhoAmI;
 
-use super::auth::{authenticate, Reader};
+use super::auth::authenticate_signed;
 use super::ApiError;
 use crate::state::Agent;
 
@@ -19,20 +19,7 @@ pub(super) async fn whoami(
     headers: HeaderMap,
 ) -> Result<Json<WhoAmI>, ApiError> {
     // No open form: the point is to prove the secret, even with `legacy_open_reads`.
-    let reader = authenticate(
-        &agent,
-        &Method::GET,
-        "/api/v1/whoami",
-        &headers,
-        &query,
-        false,
-    )?;
-    let Reader::Controller(controller_id) = reader else {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "whoami needs a signed request",
-        ));
-    };
+    let controller_id = authenticate_signed(&agent, "/api/v1/whoami", &headers, &query, "whoami")?;
     Ok(Json(WhoAmI {
         controller_id,
         agent_id: agent.config().agent_id.clone(),
