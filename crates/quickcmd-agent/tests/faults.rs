@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use quickcmd_protocol::{reason, JobStatus, ReadAuth};
 use quickcmd_testkit::{
-    containers, now, payload, unique, Config, PrivateEngine, TestAgent, PATIENCE,
+    containers, eventually, now, payload, unique, Config, PrivateEngine, TestAgent, PATIENCE,
 };
 use serde_json::json;
 
@@ -38,7 +38,10 @@ async fn kill_9_with_eight_jobs_running_fails_them_on_restart_and_leaves_nothing
         agent.wait_running("ctl-a", job_id).await;
     }
     let label = format!("label=quickcmd.agent={}", agent.agent_id);
-    assert_eq!(containers(&label).len(), 8, "one sandbox per running job");
+    // A job is `running` from its audit row on; its container is created just after.
+    eventually(PATIENCE, "one sandbox per running job", || {
+        (containers(&label).len() == 8).then_some(())
+    });
 
     agent.kill9();
     agent.spawn();
