@@ -54,7 +54,18 @@ impl LocalAgent {
             .map_err(|e| anyhow!("cannot write the certificate: {e}"))?;
         let secret_text = quickcmd::secret::generate_key();
         let secret_file = root.join("hmac.secret");
-        std::fs::write(&secret_file, &secret_text).context("cannot write the secret")?;
+        // 0600: the agent refuses a secret file others can read.
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&secret_file)
+                .and_then(|mut file| file.write_all(secret_text.as_bytes()))
+                .context("cannot write the secret")?;
+        }
         let agent_id = format!("bench-{name}-{}", std::process::id());
         let data = root.join("data");
         let config = format!(
@@ -102,10 +113,11 @@ impl LocalAgent {
         .await
         .map_err(|_| anyhow!("the agent did not listen within 30 s"))??
         .ok_or_else(|| {
-            anyhow!(
-                "the agent exited at start; see {}",
-                root.join("agent.log").display()
-            )
+            // The directory (and its log) goes with this error: show the log's end here.
+            let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            anyhow!("the agent exited at start; its log ends:\n{}", tail.join("\n"))
         })?;
         // Keep reading stdout so the agent never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
