@@ -71,6 +71,7 @@ pub(crate) struct Metrics {
     connections_open: AtomicI64,
     connections_refused: AtomicU64,
     health_checks: AtomicU64,
+    container_remove_failures: AtomicU64,
     /// The audit log's newest row id, set before each scrape.
     audit_head_seq: AtomicI64,
     /// Connections closed by a timeout: header, body, idle; and WebSocket sends.
@@ -95,6 +96,7 @@ impl Default for Metrics {
             connections_open: AtomicI64::new(0),
             connections_refused: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
+            container_remove_failures: AtomicU64::new(0),
             audit_head_seq: AtomicI64::new(0),
             timeouts: Mutex::new(BTreeMap::new()),
             rejections: Mutex::new(BTreeMap::new()),
@@ -163,6 +165,11 @@ impl Metrics {
     }
     pub(crate) fn health_checked(&self) {
         self.health_checks.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A job's stopped container could not be removed after its result was sent.
+    pub(crate) fn container_remove_failed(&self) {
+        self.container_remove_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn running(&self) -> u64 {
         self.jobs_running.load(Ordering::Relaxed).max(0) as u64
@@ -236,6 +243,12 @@ impl Metrics {
                 "counter",
                 "Docker and database checks run for /health (answers in between are cached)",
                 self.health_checks.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "quickcmd_agent_container_remove_failures_total",
+                "counter",
+                "Stopped job containers the engine would not remove after the result was sent (retried; swept at start)",
+                self.container_remove_failures.load(Ordering::Relaxed) as i64,
             ),
             (
                 "quickcmd_agent_audit_head_seq",

@@ -3,7 +3,9 @@
 //! the read-only root, and cancellation.
 
 use quickcmd_protocol::{JobResult, JobStatus, SandboxRequest};
-use quickcmd_testkit::{containers, payload, read_to_close, unique, Config, TestAgent};
+use quickcmd_testkit::{
+    assert_no_containers_soon, containers, payload, read_to_close, unique, Config, TestAgent,
+};
 use serde_json::json;
 
 /// Submits `command` as ctl-a with this sandbox request and waits for the result.
@@ -145,7 +147,7 @@ async fn pids_limit_contains_a_fork_bomb() {
     )
     .await;
     assert!(bomb.status.is_final());
-    assert!(containers(&format!("label=quickcmd.job={bomb_id}")).is_empty());
+    assert_no_containers_soon(&format!("label=quickcmd.job={bomb_id}"));
     let health = agent.request(reqwest::Method::GET, "/health", None).await;
     assert_eq!(health.status, 200, "{}", health.text);
     assert_eq!(health.json()["status"], json!("healthy"));

@@ -117,7 +117,10 @@ impl LocalAgent {
             let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            anyhow!("the agent exited at start; its log ends:\n{}", tail.join("\n"))
+            anyhow!(
+                "the agent exited at start; its log ends:\n{}",
+                tail.join("\n")
+            )
         })?;
         // Keep reading stdout so the agent never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

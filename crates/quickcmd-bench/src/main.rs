@@ -110,7 +110,7 @@ async fn main() -> Result<()> {
             load::CONCURRENCY
         );
         let duration = Duration::from_secs(args.throughput_seconds);
-        rows.extend(load::throughput(pooled.clone(), &args.image, duration).await?);
+        rows.extend(load::throughput(pooled.clone(), &docker, &args.image, duration).await?);
     }
     if wants(Section::Streaming) {
         eprintln!("streaming: timestamped lines through the agent");

@@ -240,6 +240,11 @@ async fn main() -> ExitCode {
     violations.extend(quiet.violations.iter().cloned());
     violations.extend(flooded.violations.iter().cloned());
     violations.extend(flood.violations.iter().cloned());
+    println!(
+        "  submitted in {:.1} s; waiting for the {} accepted jobs to end",
+        submitted_in.as_secs_f64(),
+        accepted.len()
+    );
     violations.extend(settle(&agent, &accepted, Duration::from_secs(args.settle_seconds)).await);
     let all_done_in = started.elapsed();
     sampling.store(true, Ordering::Relaxed);

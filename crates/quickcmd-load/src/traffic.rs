@@ -11,6 +11,8 @@ use quickcmd_testkit::{payload, signed_body, unique};
 /// The longest a refused worker waits before trying again, whatever `Retry-After` says (the
 /// load must keep the queue full to test its bound).
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often a signed phase prints how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
 /// A signed job that got its 202.
 #[derive(Debug, Clone)]
@@ -121,6 +123,26 @@ pub(crate) async fn signed_phase(
             }
         }));
     }
+    // Progress on long runs: one line every PROGRESS_EVERY.
+    let progress = tokio::spawn({
+        let (record, phase) = (record.clone(), phase.to_string());
+        let started = Instant::now();
+        async move {
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let r = record.lock().unwrap_or_else(|p| p.into_inner());
+                println!(
+                    "  {phase}: {} of {jobs} accepted, {} 429s, {} violations, {:.0} s",
+                    r.accepted.len(),
+                    r.refused_429,
+                    r.violations.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    });
     for worker in workers {
         if let Err(error) = worker.await {
             let mut r = record.lock().unwrap_or_else(|p| p.into_inner());
@@ -128,6 +150,8 @@ pub(crate) async fn signed_phase(
                 .push(format!("a signed worker failed: {error}"));
         }
     }
+    progress.abort();
+    let _ = progress.await;
     Arc::try_unwrap(record)
         .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
         .unwrap_or_default()

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bollard::{Docker, API_DEFAULT_VERSION};
 
 use crate::error::{engine_message, SandboxError};
+use crate::image::SeenImages;
 use crate::pool::PoolHandle;
 
 /// The socket used when neither the caller nor `DOCKER_HOST` names one.
@@ -26,6 +27,8 @@ pub struct DockerSandbox {
     docker_host: String,
     /// The warm pool, if `with_warm_pool` started one.
     pub(crate) pool: Option<Arc<PoolHandle>>,
+    /// Images seen present lately (the cold path's image check, cached).
+    pub(crate) seen_images: Arc<SeenImages>,
 }
 
 impl DockerSandbox {
@@ -62,6 +65,7 @@ impl DockerSandbox {
             docker,
             docker_host,
             pool: None,
+            seen_images: Arc::default(),
         })
     }
 

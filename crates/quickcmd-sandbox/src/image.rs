@@ -1,13 +1,65 @@
 //! Make sure a job's image is present: use the local one, else pull it once, and report a
 //! failed pull with the engine's own message.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use crate::client::DockerSandbox;
 use crate::error::{engine_message, engine_status, SandboxError};
+
+/// How long an image seen present is trusted without asking the engine again. A job whose
+/// image was deleted meanwhile fails at create with the engine's message, and the entry is
+/// forgotten at once.
+const IMAGE_SEEN_FOR: Duration = Duration::from_secs(30);
+
+/// Images recently seen present, shared by every clone of a `DockerSandbox`: the cold path
+/// skips one engine round trip per job.
+#[derive(Debug, Default)]
+pub(crate) struct SeenImages(Mutex<HashMap<String, Instant>>);
+
+impl SeenImages {
+    fn fresh(&self, image: &str) -> bool {
+        let seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(image)
+            .is_some_and(|at| at.elapsed() < IMAGE_SEEN_FOR)
+    }
+
+    fn saw(&self, image: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, at| at.elapsed() < IMAGE_SEEN_FOR);
+        seen.insert(image.to_owned(), Instant::now());
+    }
+
+    fn forget(&self, image: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(image);
+    }
+}
+
+impl DockerSandbox {
+    /// [`ensure_image`], skipped when `image` was seen present in the last
+    /// [`IMAGE_SEEN_FOR`].
+    pub(crate) async fn ensure_image(&self, image: &str, job_id: &str) -> Result<(), SandboxError> {
+        if self.seen_images.fresh(image) {
+            return Ok(());
+        }
+        ensure_image(&self.docker, image, job_id).await?;
+        self.seen_images.saw(image);
+        Ok(())
+    }
+
+    /// Drops `image` from the seen images (a create failed: it may be gone).
+    pub(crate) fn forget_image(&self, image: &str) {
+        self.seen_images.forget(image);
+    }
+}
 
 /// A pull that has not finished by then is abandoned; the job fails with `ImageUnavailable`.
 const PULL_TIMEOUT: Duration = Duration::from_secs(300);

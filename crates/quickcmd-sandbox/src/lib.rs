@@ -5,7 +5,9 @@
 //! - every container is created with all capabilities dropped, no-new-privileges, the default
 //!   seccomp profile, a read-only root, size-limited tmpfs for `/tmp` and the workdir, memory
 //!   (without extra swap), CPU and PID limits, and no network unless asked;
-//! - every container is removed before `run` returns, whatever happened;
+//! - every container is removed before `run` returns, whatever happened; `run_keeping`
+//!   hands a stopped container back as a [`Removal`] (removed when awaited or dropped), so
+//!   the caller can send the result before paying for the removal;
 //! - every container carries `quickcmd.agent` and `quickcmd.managed` labels, so an agent can
 //!   remove its leftovers at start; cold containers also carry `quickcmd.job`, warm pool
 //!   containers (made before their job exists) `quickcmd.pool` instead — the container id
@@ -44,6 +46,7 @@ pub use client::{DockerSandbox, DEFAULT_DOCKER_HOST};
 pub use create::{LABEL_AGENT, LABEL_JOB, LABEL_MANAGED, LABEL_POOL, LABEL_POOL_INSTANCE};
 pub use error::SandboxError;
 pub use pool::{PoolProfile, WarmPoolStats};
+pub use remove::Removal;
 pub use spec::{
     BindMount, EndReason, OutputChunk, SandboxOutcome, SandboxSpec, CANCELLED_EXIT_CODE,
     DEFAULT_WORKDIR, NOT_RUN_EXIT_CODE, TIMEOUT_EXIT_CODE,

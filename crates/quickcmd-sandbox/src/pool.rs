@@ -1,7 +1,7 @@
 //! The warm pool: containers of one sandbox profile created, attached (stdin, stdout,
 //! stderr) and started ahead of time, each idle in [`BOOTSTRAP`](crate::script::BOOTSTRAP)
 //! (blocked reading stdin: no CPU), each serving exactly one job and then removed — never
-//! reused. A background task refills the pool after every claim.
+//! reused. A background task refills the pool after every claim, a few containers at once.
 //!
 //! Every pool container carries `quickcmd.agent`, `quickcmd.managed` and `quickcmd.pool`, so
 //! an agent's start-up sweep removes those a previous run left; `quickcmd.pool.instance`
@@ -15,7 +15,7 @@ use std::time::Duration;
 use bollard::Docker;
 use rand::Rng;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::attach::{attach, AttachedInput, AttachedOutput};
@@ -34,6 +34,10 @@ pub(crate) const POOL_JOB_ID: &str = "warm-pool";
 /// After a failed refill, wait this long before the next attempt, doubling up to the cap.
 const REFILL_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const REFILL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Containers made at once while the pool is short: a burst of jobs that empties it is
+/// met by refills side by side, not one after another. Kept small: on a busy host each
+/// create competes with the jobs for the engine.
+const REFILL_PARALLEL: usize = 2;
 
 /// The fixed settings of pool containers. A job whose image, user, workdir, tmpfs sizes or
 /// agent differ, or that asks for network or mounts, takes the cold path; memory, CPU and
@@ -282,50 +286,87 @@ impl WarmPool {
         Ok((input, output, exited))
     }
 
-    /// Keeps `size` containers ready until stopped, then removes the idle ones.
+    /// Keeps `size` containers ready until stopped (up to [`REFILL_PARALLEL`] being made at
+    /// once), then removes the idle ones.
     async fn refill_loop(self: Arc<Self>) {
         let mut backoff = REFILL_BACKOFF_MIN;
         let mut image_ready = false;
+        let mut making: JoinSet<Result<WarmContainer, SandboxError>> = JoinSet::new();
         while !self.stop.is_cancelled() {
-            if self.idle_count() >= self.size {
-                tokio::select! {
-                    () = self.refill.notified() => {}
-                    () = self.stop.cancelled() => break,
+            let missing = self.size.saturating_sub(self.idle_count() + making.len());
+            let room = REFILL_PARALLEL.saturating_sub(making.len());
+            if missing > 0 && room > 0 {
+                // Not abandoned half-way when stopped: an image pull or a create whose
+                // answer was dropped would leave work only the next start-up sweep undoes.
+                self.remove_leftovers().await;
+                let ready = if image_ready {
+                    Ok(())
+                } else {
+                    ensure_image(&self.docker, &self.profile.image, POOL_JOB_ID).await
+                };
+                match ready {
+                    Ok(()) => {
+                        image_ready = true;
+                        for _ in 0..missing.min(room) {
+                            let pool = self.clone();
+                            making.spawn(async move { pool.make_one().await });
+                        }
+                    }
+                    Err(err) => {
+                        if !self.back_off(&mut backoff, &err).await {
+                            break;
+                        }
+                    }
                 }
                 continue;
             }
-            // Not abandoned half-way when stopped: a create whose answer was dropped would
-            // leave a container only the next start-up sweep removes.
-            let made = async {
-                self.remove_leftovers().await;
-                if !image_ready {
-                    ensure_image(&self.docker, &self.profile.image, POOL_JOB_ID).await?;
-                    image_ready = true;
-                }
-                self.make_one().await
-            }
-            .await;
-            match made {
-                Ok(warm) => {
-                    backoff = REFILL_BACKOFF_MIN;
-                    tracing::debug!(container_id = %warm.container_id, "warm pool container ready");
-                    self.idle
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back(warm);
-                }
-                Err(err) => {
-                    image_ready = false;
-                    tracing::warn!(error = %err, retry_in = ?backoff, "could not refill the warm pool; jobs run cold meanwhile");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = self.stop.cancelled() => break,
+            tokio::select! {
+                () = self.refill.notified() => {}
+                Some(made) = making.join_next(), if !making.is_empty() => {
+                    match flatten_join(made) {
+                        Ok(warm) => {
+                            backoff = REFILL_BACKOFF_MIN;
+                            self.add_idle(warm);
+                        }
+                        Err(err) => {
+                            image_ready = false;
+                            if !self.back_off(&mut backoff, &err).await {
+                                break;
+                            }
+                        }
                     }
-                    backoff = (backoff * 2).min(REFILL_BACKOFF_MAX);
                 }
+                () = self.stop.cancelled() => break,
+            }
+        }
+        // Containers being made when the pool stopped are finished, then removed with the
+        // idle ones.
+        while let Some(made) = making.join_next().await {
+            if let Ok(warm) = flatten_join(made) {
+                self.add_idle(warm);
             }
         }
         self.remove_idle().await;
+    }
+
+    fn add_idle(&self, warm: WarmContainer) {
+        tracing::debug!(container_id = %warm.container_id, "warm pool container ready");
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(warm);
+    }
+
+    /// After a failed refill: logs it and waits `backoff` (doubled for next time, up to the
+    /// cap). False when the pool was stopped meanwhile.
+    async fn back_off(&self, backoff: &mut Duration, err: &SandboxError) -> bool {
+        tracing::warn!(error = %err, retry_in = ?*backoff, "could not refill the warm pool; jobs run cold meanwhile");
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(REFILL_BACKOFF_MAX);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = self.stop.cancelled() => false,
+        }
     }
 
     /// Removes every idle container and waits for the removals.
@@ -345,6 +386,19 @@ impl WarmPool {
             }
         }
     }
+}
+
+/// A refill task's result, a panic or abort counted as a failed refill.
+fn flatten_join(
+    made: Result<Result<WarmContainer, SandboxError>, JoinError>,
+) -> Result<WarmContainer, SandboxError> {
+    made.unwrap_or_else(|join| {
+        Err(SandboxError::Engine {
+            action: "refill the warm pool",
+            job_id: POOL_JOB_ID.to_owned(),
+            message: format!("the refill task ended: {join}"),
+        })
+    })
 }
 
 impl DockerSandbox {
@@ -430,5 +484,9 @@ impl DockerSandbox {
 
     pub(crate) fn warm_pool(&self) -> Option<&WarmPool> {
         self.pool.as_deref().map(|handle| handle.0.as_ref())
+    }
+
+    pub(crate) fn warm_pool_arc(&self) -> Option<Arc<WarmPool>> {
+        self.pool.as_deref().map(|handle| handle.0.clone())
     }
 }

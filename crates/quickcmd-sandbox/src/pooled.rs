@@ -2,7 +2,9 @@
 //! write the job's script (and then its stdin) to the container's attached stdin, and watch
 //! it exactly as a cold container — the exit code comes from the engine's wait, which was
 //! issued when the container started, never from anything the job prints. The container is
-//! removed afterwards, never reused.
+//! handed back for removal afterwards, never reused.
+
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
@@ -13,41 +15,42 @@ use crate::attach::{forward_output, write_stdin};
 use crate::client::DockerSandbox;
 use crate::error::SandboxError;
 use crate::pool::{WarmContainer, WarmPool};
+use crate::remove::Removal;
 use crate::run::{cancelled_before_start, AbortOnDrop, Forwarder};
 use crate::spec::{OutputChunk, SandboxOutcome, SandboxSpec};
 use crate::update::update_limits;
 
 impl DockerSandbox {
     /// Runs `spec` in `warm`, which `pool` handed out for it, with `script` from
-    /// `job_script(&spec)`.
+    /// `job_script(&spec)`; the container comes back for removal.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_pooled(
         &self,
         spec: SandboxSpec,
-        pool: &WarmPool,
+        pool: Arc<WarmPool>,
         mut warm: WarmContainer,
         script: Vec<u8>,
         output: mpsc::Sender<OutputChunk>,
         cancel: CancellationToken,
         started: oneshot::Sender<String>,
-    ) -> Result<SandboxOutcome, SandboxError> {
+    ) -> (Result<SandboxOutcome, SandboxError>, Option<Removal>) {
         let container_id = warm.container_id.clone();
         tracing::debug!(job_id = %spec.job_id, %container_id, "job claimed a warm pool container");
-        let supervised = self
-            .supervise_pooled(&spec, pool, &mut warm, script, output, cancel, started)
-            .await;
+        // The removal takes over from the pool's guard before anything can fail: if it
+        // cannot remove the container (the engine away), the pool tries again before its
+        // next refill — the container carries no job label for the agent's own sweep.
         warm.guard.disarm();
-        drop(warm);
-        let result = self
-            .remove_after(&spec.job_id, &container_id, supervised)
+        let removal = Removal::new(
+            &self.docker,
+            &container_id,
+            &spec.job_id,
+            Some(pool.clone()),
+        );
+        let supervised = self
+            .supervise_pooled(&spec, &pool, &mut warm, script, output, cancel, started)
             .await;
-        if result.is_err() {
-            // Perhaps not removed (the engine away): the pool tries again before its next
-            // refill. The container carries no job label, so the agent's own sweep of a
-            // failed job's containers cannot find it.
-            pool.remove_later(&container_id);
-        }
-        result
+        drop(warm);
+        (supervised, Some(removal))
     }
 
     #[allow(clippy::too_many_arguments)]

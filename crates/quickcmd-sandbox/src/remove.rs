@@ -2,6 +2,7 @@
 //! when a `run` future is dropped mid-way, and every leftover of an agent at its start.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
@@ -10,6 +11,7 @@ use bollard::Docker;
 use crate::client::DockerSandbox;
 use crate::create::{LABEL_AGENT, LABEL_JOB, LABEL_MANAGED, LABEL_POOL_INSTANCE};
 use crate::error::{engine_message, engine_status, SandboxError};
+use crate::pool::WarmPool;
 
 /// A failed removal is retried this many times in all before `run` reports it.
 const REMOVE_ATTEMPTS: u32 = 3;
@@ -98,6 +100,60 @@ impl Drop for ContainerGuard {
                 tracing::error!(%job_id, %container_id, error = %err, "could not remove an abandoned container");
             }
         });
+    }
+}
+
+/// A stopped job's container that still exists. [`DockerSandbox::run_keeping`] hands it
+/// back so the caller can record and send the job's result first and pay for the removal
+/// after; dropped without [`Removal::remove`], it is removed in a spawned task, so it never
+/// outlives its job either way.
+#[must_use = "the container stays until `remove` is awaited or this is dropped"]
+pub struct Removal {
+    guard: ContainerGuard,
+    /// The warm pool the container came from: it retries a failed removal before its next
+    /// refill (pool containers carry no job label for the agent's own sweep to find).
+    pool: Option<Arc<WarmPool>>,
+}
+
+impl std::fmt::Debug for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Removal")
+            .field("container_id", &self.guard.container_id)
+            .field("job_id", &self.guard.job_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Removal {
+    pub(crate) fn new(
+        docker: &Docker,
+        container_id: &str,
+        job_id: &str,
+        pool: Option<Arc<WarmPool>>,
+    ) -> Self {
+        Self {
+            guard: ContainerGuard::new(docker, container_id, job_id),
+            pool,
+        }
+    }
+
+    /// The container still to be removed.
+    pub fn container_id(&self) -> &str {
+        &self.guard.container_id
+    }
+
+    /// Force-removes the container (retrying a few times); a container already gone counts
+    /// as removed.
+    pub async fn remove(mut self) -> Result<(), SandboxError> {
+        self.guard.disarm();
+        let guard = &self.guard;
+        let removed = remove_container(&guard.docker, &guard.container_id, &guard.job_id).await;
+        if removed.is_err() {
+            if let Some(pool) = &self.pool {
+                pool.remove_later(&guard.container_id);
+            }
+        }
+        removed
     }
 }
 

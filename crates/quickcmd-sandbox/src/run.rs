@@ -16,10 +16,9 @@ use crate::attach::{attach, forward_output, write_stdin, ForwardSummary};
 use crate::client::DockerSandbox;
 use crate::create::create_container;
 use crate::error::SandboxError;
-use crate::image::ensure_image;
 use crate::inspect::was_oom_killed;
 use crate::kill::kill_container;
-use crate::remove::{remove_container, ContainerGuard};
+use crate::remove::Removal;
 use crate::spec::{
     EndReason, OutputChunk, SandboxOutcome, SandboxSpec, CANCELLED_EXIT_CODE, NOT_RUN_EXIT_CODE,
     TIMEOUT_EXIT_CODE,
@@ -49,37 +48,88 @@ impl DockerSandbox {
         cancel: CancellationToken,
         started: oneshot::Sender<String>,
     ) -> Result<SandboxOutcome, SandboxError> {
-        spec.validate()?;
-        if cancel.is_cancelled() {
-            return Ok(cancelled_before_start(String::new()));
-        }
-        if let Some(pool) = self.warm_pool() {
-            if let Some((warm, script)) = pool.claim_for(&spec) {
-                return self
-                    .run_pooled(spec, pool, warm, script, output, cancel, started)
-                    .await;
+        let job_id = spec.job_id.clone();
+        let (result, removal) = self.run_keeping(spec, output, cancel, started).await;
+        match removal {
+            Some(removal) => {
+                let container_id = removal.container_id().to_owned();
+                combine(&job_id, &container_id, result, removal.remove().await)
             }
+            None => result,
         }
-        self.run_cold(spec, output, cancel, started).await
     }
 
-    /// The cold path: image → create → attach → start → wait → remove.
+    /// [`run`](Self::run), except that a container the engine reported stopped by itself
+    /// (the job exited or was OOM-killed) is handed back as a [`Removal`] instead of being
+    /// removed first, so the caller can send the result before the removal's round trip.
+    /// Every other end (timeout, cancel, engine error) is removed here as in `run`: only a
+    /// container the engine saw stop is sure to be inert until removed.
+    pub async fn run_keeping(
+        &self,
+        spec: SandboxSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: CancellationToken,
+        started: oneshot::Sender<String>,
+    ) -> (Result<SandboxOutcome, SandboxError>, Option<Removal>) {
+        if let Err(err) = spec.validate() {
+            return (Err(err), None);
+        }
+        if cancel.is_cancelled() {
+            return (Ok(cancelled_before_start(String::new())), None);
+        }
+        let job_id = spec.job_id.clone();
+        let claimed = self
+            .warm_pool_arc()
+            .and_then(|pool| pool.claim_for(&spec).map(|claim| (pool, claim)));
+        let (result, removal) = match claimed {
+            Some((pool, (warm, script))) => {
+                self.run_pooled(spec, pool, warm, script, output, cancel, started)
+                    .await
+            }
+            None => self.run_cold(spec, output, cancel, started).await,
+        };
+        let stopped_by_itself = matches!(
+            &result,
+            Ok(outcome) if matches!(outcome.reason, EndReason::Exited | EndReason::Oom)
+        );
+        match removal {
+            Some(removal) if !stopped_by_itself => {
+                let container_id = removal.container_id().to_owned();
+                let removed = removal.remove().await;
+                (combine(&job_id, &container_id, result, removed), None)
+            }
+            removal => (result, removal),
+        }
+    }
+
+    /// The cold path: image → create → attach → start → wait; the container comes back for
+    /// removal.
     async fn run_cold(
         &self,
         spec: SandboxSpec,
         output: mpsc::Sender<OutputChunk>,
         cancel: CancellationToken,
         started: oneshot::Sender<String>,
-    ) -> Result<SandboxOutcome, SandboxError> {
+    ) -> (Result<SandboxOutcome, SandboxError>, Option<Removal>) {
         tokio::select! {
             biased;
-            () = cancel.cancelled() => return Ok(cancelled_before_start(String::new())),
-            ready = ensure_image(&self.docker, &spec.image, &spec.job_id) => ready?,
+            () = cancel.cancelled() => return (Ok(cancelled_before_start(String::new())), None),
+            ready = self.ensure_image(&spec.image, &spec.job_id) => if let Err(err) = ready {
+                return (Err(err), None);
+            },
         }
 
         let create_requested = Instant::now();
-        let container_id = create_container(&self.docker, &spec).await?;
-        let mut guard = ContainerGuard::new(&self.docker, &container_id, &spec.job_id);
+        let container_id = match create_container(&self.docker, &spec).await {
+            Ok(container_id) => container_id,
+            Err(err) => {
+                // The image may have gone since it was last seen: look again next time.
+                self.forget_image(&spec.image);
+                return (Err(err), None);
+            }
+        };
+        // Armed from here: if this future is dropped, the container is removed anyway.
+        let removal = Removal::new(&self.docker, &container_id, &spec.job_id, None);
         tracing::debug!(job_id = %spec.job_id, %container_id, "container created");
 
         let supervised = self
@@ -92,35 +142,7 @@ impl DockerSandbox {
                 started,
             )
             .await;
-
-        guard.disarm();
-        self.remove_after(&spec.job_id, &container_id, supervised)
-            .await
-    }
-
-    /// Removes the job's container and combines the job's result with the removal's.
-    pub(crate) async fn remove_after(
-        &self,
-        job_id: &str,
-        container_id: &str,
-        supervised: Result<SandboxOutcome, SandboxError>,
-    ) -> Result<SandboxOutcome, SandboxError> {
-        let removed = remove_container(&self.docker, container_id, job_id).await;
-        match (supervised, removed) {
-            (Ok(outcome), Ok(())) => Ok(outcome),
-            // A container that could not be removed may still be running: say so rather
-            // than report a clean end.
-            (Ok(outcome), Err(err)) => {
-                tracing::error!(job_id, container_id, exit_code = outcome.exit_code, error = %err, "job ended but its container could not be removed");
-                Err(err)
-            }
-            (Err(err), removed) => {
-                if let Err(remove_err) = removed {
-                    tracing::error!(job_id, container_id, error = %remove_err, "container could not be removed after a failed job");
-                }
-                Err(err)
-            }
-        }
+        (supervised, Some(removal))
     }
 
     /// Everything between create and remove, for a container that exists but has not been
@@ -261,6 +283,29 @@ impl DockerSandbox {
                 );
                 None
             }
+        }
+    }
+}
+
+/// The job's result combined with its container's removal: a container that could not be
+/// removed may still be running, so a clean end is not reported then.
+pub(crate) fn combine(
+    job_id: &str,
+    container_id: &str,
+    supervised: Result<SandboxOutcome, SandboxError>,
+    removed: Result<(), SandboxError>,
+) -> Result<SandboxOutcome, SandboxError> {
+    match (supervised, removed) {
+        (Ok(outcome), Ok(())) => Ok(outcome),
+        (Ok(outcome), Err(err)) => {
+            tracing::error!(job_id, container_id, exit_code = outcome.exit_code, error = %err, "job ended but its container could not be removed");
+            Err(err)
+        }
+        (Err(err), removed) => {
+            if let Err(remove_err) = removed {
+                tracing::error!(job_id, container_id, error = %remove_err, "container could not be removed after a failed job");
+            }
+            Err(err)
         }
     }
 }

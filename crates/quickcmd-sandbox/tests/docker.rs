@@ -335,6 +335,7 @@ both_ways!(
     cancel_kills_fast,
     cancel_before_start_never_starts,
     dropped_run_future_still_removes_the_container,
+    run_keeping_hands_back_only_a_stopped_container,
 );
 
 /// One finished `run`, with every output chunk and when it arrived.
@@ -1013,6 +1014,73 @@ async fn dropped_run_future_still_removes_the_container(h: &Harness) {
     }
 }
 
+/// `run_keeping` with a reader that drains the output; pooled, asserts the pool served it.
+async fn run_keeping(
+    h: &Harness,
+    spec: SandboxSpec,
+) -> (
+    Result<SandboxOutcome, SandboxError>,
+    Option<quickcmd_sandbox::Removal>,
+) {
+    h.wait_idle(1).await;
+    let before = h.claimed();
+    let (output_tx, mut output_rx) = mpsc::channel(64);
+    let reader = tokio::spawn(async move { while output_rx.recv().await.is_some() {} });
+    let (started_tx, _started_rx) = oneshot::channel();
+    let kept = h
+        .sandbox
+        .run_keeping(spec, output_tx, CancellationToken::new(), started_tx)
+        .await;
+    reader.await.expect("reader task");
+    if h.mode == Mode::Pooled {
+        assert_eq!(h.claimed(), before + 1, "the job did not use the pool");
+    }
+    kept
+}
+
+/// The result can be sent before the removal: only a container the engine saw stop by
+/// itself comes back, stopped, and it is removed when the removal is awaited or dropped.
+/// A timed-out one (which might still be running) is removed before the result.
+async fn run_keeping_hands_back_only_a_stopped_container(h: &Harness) {
+    let (result, removal) = run_keeping(h, h.spec("echo hi; exit 5")).await;
+    let outcome = result.expect("the job ran");
+    assert_eq!((outcome.exit_code, outcome.reason), (5, EndReason::Exited));
+    let removal = removal.expect("an exited job's container comes back for removal");
+    assert_eq!(removal.container_id(), outcome.container_id);
+    let state = raw_docker()
+        .await
+        .inspect_container(&outcome.container_id, None)
+        .await
+        .expect("the container exists until removed")
+        .state
+        .expect("a state");
+    assert_eq!(state.running, Some(false), "handed back while running");
+    removal.remove().await.expect("removed");
+    assert!(!container_exists(&outcome.container_id).await);
+
+    // Dropped instead of awaited: removed all the same.
+    let (result, removal) = run_keeping(h, h.spec("true")).await;
+    let container_id = result.expect("the job ran").container_id;
+    drop(removal.expect("a removal"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while container_exists(&container_id).await {
+        assert!(
+            Instant::now() < deadline,
+            "a dropped removal left the container"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Timed out: the kill may not have stopped it, so it is gone before the result.
+    let mut spec = h.spec("sleep 60");
+    spec.timeout = Duration::from_secs(1);
+    let (result, removal) = run_keeping(h, spec).await;
+    let outcome = result.expect("the job ran");
+    assert_eq!(outcome.reason, EndReason::Timeout);
+    assert!(removal.is_none(), "a timed-out container was handed back");
+    assert!(!container_exists(&outcome.container_id).await);
+}
+
 #[tokio::test]
 async fn remove_agent_containers_removes_only_that_agents_leftovers() {
     let sandbox = sandbox().await;
@@ -1333,4 +1401,62 @@ async fn start_up_sweep_removes_an_old_pool_but_spares_its_own() {
     new.sandbox.shutdown_warm_pool().await;
     old.sandbox.shutdown_warm_pool().await;
     assert!(pool_containers(&agent).await.is_empty());
+}
+
+/// The cold path remembers an image it saw for a while, but a deleted image is noticed at
+/// the next create and looked up again after that; a re-made one works at once.
+#[tokio::test]
+async fn a_cached_image_check_notices_a_deleted_image() {
+    let sandbox = sandbox().await;
+    let agent = unique("agent");
+    let tag = format!("quickcmd-sandbox:{}", unique("cache"));
+    let docker = raw_docker().await;
+    let tag_it = |tag: String| {
+        let docker = docker.clone();
+        async move {
+            let (repo, name) = tag.split_once(':').expect("repo:tag");
+            let options = bollard::query_parameters::TagImageOptionsBuilder::new()
+                .repo(repo)
+                .tag(name)
+                .build();
+            docker.tag_image(IMAGE, Some(options)).await.expect("tag");
+        }
+    };
+    tag_it(tag.clone()).await;
+    let with_image = |command: &str| SandboxSpec {
+        image: tag.clone(),
+        ..spec(&agent, command)
+    };
+    let first = run(&sandbox, with_image("true")).await;
+    assert_eq!(first.outcome().exit_code, 0);
+
+    docker
+        .remove_image(
+            &tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await
+        .expect("untag");
+    let second = run(&sandbox, with_image("true")).await;
+    let err = second.result.expect_err("a deleted image cannot run");
+    assert!(err.to_string().contains(&tag), "{err}");
+    let third = run(&sandbox, with_image("true")).await;
+    assert!(
+        matches!(third.result, Err(SandboxError::ImageUnavailable { .. })),
+        "{:?}",
+        third.result
+    );
+
+    tag_it(tag.clone()).await;
+    let fourth = run(&sandbox, with_image("true")).await;
+    assert_eq!(fourth.outcome().exit_code, 0);
+    docker
+        .remove_image(
+            &tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await
+        .expect("untag");
 }

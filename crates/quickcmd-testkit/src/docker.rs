@@ -48,6 +48,24 @@ pub fn ensure_docker() {
     });
 }
 
+/// Waits (up to 15 s) until no container matches `filter`. A job that ended by itself has
+/// its stopped container removed just after its result is sent, so a check made the moment
+/// the job turns final would race that removal; timeouts and cancels remove first.
+pub fn assert_no_containers_soon(filter: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let left = containers(filter);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "containers matching {filter} outlived their job: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Ids of containers (running or not) matching a `docker ps` filter, e.g.
 /// `label=quickcmd.job=<id>`.
 pub fn containers(filter: &str) -> Vec<String> {

@@ -54,7 +54,7 @@ pub use config::{own_secret, Config, SHARED_SECRET};
 pub use controller::{
     gen_key, json_lines, show, text, write_secret, AgentSpec, Controller, Entry, Grant, CONTROLLER,
 };
-pub use docker::{containers, ensure_docker};
+pub use docker::{assert_no_containers_soon, containers, ensure_docker};
 pub use engine::PrivateEngine;
 pub use http::{body_from, metric, object, payload, replace_once, signed_body, Reply};
 pub use process::{agent_bin, eventually, quickcmd_bin, rss_kib, run_bounded, TestAgent};

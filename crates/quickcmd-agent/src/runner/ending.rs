@@ -154,9 +154,14 @@ const LEFTOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3
 /// it: remove every container labelled with the job once the engine answers again, so
 /// nothing of the job outlives it.
 fn remove_leftover_containers(agent: &Agent, job_id: &str, end: &JobEnd) {
-    if end.reason != Some(reason::SANDBOX_ERROR) {
-        return;
+    if end.reason == Some(reason::SANDBOX_ERROR) {
+        keep_removing_job_containers(agent, job_id);
     }
+}
+
+/// Removes every container labelled with the job, in the background, until the engine
+/// answers (at most [`LEFTOVER_RETRY_FOR`]).
+pub(super) fn keep_removing_job_containers(agent: &Agent, job_id: &str) {
     let sandbox = agent.sandbox.clone();
     let agent_id = agent.config().agent_id.clone();
     let job_id = job_id.to_string();

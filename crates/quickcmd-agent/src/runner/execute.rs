@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quickcmd_protocol::{reason, JobStatus, StreamName};
-use quickcmd_sandbox::{BindMount, OutputChunk, SandboxError, SandboxOutcome, SandboxSpec};
+use quickcmd_sandbox::{
+    BindMount, OutputChunk, Removal, SandboxError, SandboxOutcome, SandboxSpec,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::coalesce::Coalescer;
@@ -52,7 +54,7 @@ pub(super) async fn execute(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<Live
     agent.metrics.job_started();
 
     let spec = sandbox_spec(&config, job);
-    let (result, container_id) = run_sandbox(agent, job, live, spec).await;
+    let (result, removal, container_id) = run_sandbox(agent, job, live, spec).await;
     agent.metrics.job_stopped();
     if let Ok(SandboxOutcome {
         start_latency: Some(latency),
@@ -63,6 +65,16 @@ pub(super) async fn execute(agent: &Arc<Agent>, job: &QueuedJob, live: &Arc<Live
     }
     let end = JobEnd::from_sandbox(job, live, &result, container_id, started);
     ending::finish(agent, job, live, end).await;
+    // The result is stored and sent; the stopped container goes now, before the slot is
+    // given back, so no more containers exist than `max_concurrent_jobs`.
+    if let Some(removal) = removal {
+        let container_id = removal.container_id().to_owned();
+        if let Err(error) = removal.remove().await {
+            agent.metrics.container_remove_failed();
+            tracing::error!(job_id = %job.job_id, %container_id, %error, "the job's stopped container could not be removed; retrying in the background");
+            ending::keep_removing_job_containers(agent, &job.job_id);
+        }
+    }
 }
 
 /// The container this job gets: its resolved sandbox plus the agent-wide limits.
@@ -107,20 +119,29 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Runs the sandbox on its own task and pumps its output into the job's stream (flushing
-/// stored frames every [`FLUSH_EVERY`]) until the output ends. Returns the sandbox's result
-/// and the container id, if the container was started.
+/// stored frames every [`FLUSH_EVERY`]) until the output ends. Returns the sandbox's result,
+/// the stopped container still to remove (if the sandbox left that to us) and the
+/// container id, if the container was started.
 async fn run_sandbox(
     agent: &Agent,
     job: &QueuedJob,
     live: &LiveJob,
     spec: SandboxSpec,
-) -> (Result<SandboxOutcome, SandboxError>, Option<String>) {
+) -> (
+    Result<SandboxOutcome, SandboxError>,
+    Option<Removal>,
+    Option<String>,
+) {
     let (output_tx, mut output_rx) = mpsc::channel(OUTPUT_CHANNEL);
     let (started_tx, started_rx) = oneshot::channel();
     let runner = {
         let docker = agent.sandbox.clone();
         let cancel = live.cancel.clone();
-        tokio::spawn(async move { docker.run(spec, output_tx, cancel, started_tx).await })
+        tokio::spawn(async move {
+            docker
+                .run_keeping(spec, output_tx, cancel, started_tx)
+                .await
+        })
     };
 
     let mut flush_timer = tokio::time::interval(FLUSH_EVERY);
@@ -139,13 +160,16 @@ async fn run_sandbox(
     }
     coalescer.flush(&live.stream);
     let container_id = started_rx.await.ok();
-    let result = match runner.await {
-        Ok(result) => result,
-        Err(join_error) => Err(SandboxError::Engine {
-            action: "run",
-            job_id: job.job_id.clone(),
-            message: format!("sandbox task ended abnormally: {join_error}"),
-        }),
+    let (result, removal) = match runner.await {
+        Ok(ran) => ran,
+        Err(join_error) => (
+            Err(SandboxError::Engine {
+                action: "run",
+                job_id: job.job_id.clone(),
+                message: format!("sandbox task ended abnormally: {join_error}"),
+            }),
+            None,
+        ),
     };
-    (result, container_id)
+    (result, removal, container_id)
 }
