@@ -1422,6 +1422,16 @@ async fn a_cached_image_check_notices_a_deleted_image() {
             docker.tag_image(IMAGE, Some(options)).await.expect("tag");
         }
     };
+    let untag = |tag: &str| {
+        let (docker, tag) = (docker.clone(), tag.to_owned());
+        async move {
+            let options = None::<bollard::query_parameters::RemoveImageOptions>;
+            docker
+                .remove_image(&tag, options, None)
+                .await
+                .expect("untag");
+        }
+    };
     tag_it(tag.clone()).await;
     let with_image = |command: &str| SandboxSpec {
         image: tag.clone(),
@@ -1430,14 +1440,7 @@ async fn a_cached_image_check_notices_a_deleted_image() {
     let first = run(&sandbox, with_image("true")).await;
     assert_eq!(first.outcome().exit_code, 0);
 
-    docker
-        .remove_image(
-            &tag,
-            None::<bollard::query_parameters::RemoveImageOptions>,
-            None,
-        )
-        .await
-        .expect("untag");
+    untag(&tag).await;
     let second = run(&sandbox, with_image("true")).await;
     let err = second.result.expect_err("a deleted image cannot run");
     assert!(err.to_string().contains(&tag), "{err}");
@@ -1451,12 +1454,5 @@ async fn a_cached_image_check_notices_a_deleted_image() {
     tag_it(tag.clone()).await;
     let fourth = run(&sandbox, with_image("true")).await;
     assert_eq!(fourth.outcome().exit_code, 0);
-    docker
-        .remove_image(
-            &tag,
-            None::<bollard::query_parameters::RemoveImageOptions>,
-            None,
-        )
-        .await
-        .expect("untag");
+    untag(&tag).await;
 }
