@@ -175,7 +175,8 @@ impl Metrics {
         self.jobs_running.load(Ordering::Relaxed).max(0) as u64
     }
 
-    /// Reports `sandbox`'s warm pool from now on (nothing is reported without a pool).
+    /// Reports `sandbox`'s warm pool from now on, whichever pool a reload put in place
+    /// (nothing is reported while it never had one).
     pub(crate) fn report_warm_pool(&self, sandbox: DockerSandbox) {
         let _ = self.warm_pool.set(sandbox);
     }

@@ -91,19 +91,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
 
     // The pool's containers are spared by the start-up sweep in `recover` (it removes only
     // those of a previous process) and serve jobs of the default sandbox profile.
-    let pool_profile = PoolProfile {
-        agent_id: config.agent_id.clone(),
-        image: config.limits.default_image.clone(),
-        user: config.limits.sandbox_user.clone(),
-        workdir: DEFAULT_WORKDIR.to_owned(),
-        tmp_size_bytes: config.limits.tmp_bytes,
-        workdir_size_bytes: config.limits.workdir_bytes,
-        cpu_limit: config.limits.default_cpu_limit,
-        memory_limit_bytes: config.limits.default_memory_limit,
-        pids_limit: config.limits.pids_limit,
-    };
     let sandbox = sandbox
-        .with_warm_pool(config.warm_pool_size, pool_profile)
+        .with_warm_pool(config.warm_pool_size, pool_profile(&config))
         .context("cannot start the warm pool (check default_image, sandbox_user and the limits)")?;
     let agent = Agent::new(config, store, audit, sandbox);
     agent.metrics.report_warm_pool(agent.sandbox.clone());
@@ -219,6 +208,21 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     Ok(())
 }
 
+/// The warm pool's containers: the default sandbox of `config`.
+fn pool_profile(config: &AgentConfig) -> PoolProfile {
+    PoolProfile {
+        agent_id: config.agent_id.clone(),
+        image: config.limits.default_image.clone(),
+        user: config.limits.sandbox_user.clone(),
+        workdir: DEFAULT_WORKDIR.to_owned(),
+        tmp_size_bytes: config.limits.tmp_bytes,
+        workdir_size_bytes: config.limits.workdir_bytes,
+        cpu_limit: config.limits.default_cpu_limit,
+        memory_limit_bytes: config.limits.default_memory_limit,
+        pids_limit: config.limits.pids_limit,
+    }
+}
+
 /// `path` with `suffix` appended to its file name (`agent.db` → `agent.db-wal`).
 fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -227,7 +231,8 @@ fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
 }
 
 /// SIGHUP: re-read the config file (and the certificate); a bad one is refused and the
-/// old one stays.
+/// old one stays. A change of the default sandbox or of `warm_pool_size` replaces the warm
+/// pool (the old one's idle containers are removed in the background).
 fn reload(agent: &Agent, resolver: Option<&ReloadableCert>) {
     let current = agent.config();
     let env_secret = std::env::var("QUICKCMD_HMAC_SECRET").ok();
@@ -244,6 +249,11 @@ fn reload(agent: &Agent, resolver: Option<&ReloadableCert>) {
         || new.connections.max_connections != current.connections.max_connections
     {
         tracing::warn!("port, bind_address, data_dir, audit_db_path and max_connections changes take effect only after a restart");
+    }
+    let profile = pool_profile(&new);
+    if let Err(error) = profile.validate() {
+        tracing::error!(%error, "config reload refused: no warm pool container could be made of the default sandbox; the running config stays");
+        return;
     }
     match (&new.tls, resolver) {
         (Some(files), Some(resolver)) => match tls::load_certified_key(files) {
@@ -263,6 +273,15 @@ fn reload(agent: &Agent, resolver: Option<&ReloadableCert>) {
     }
     for warning in &new.warnings {
         tracing::warn!("{warning}");
+    }
+    // Swapped before the config: a job that starts in between builds its sandbox from the
+    // old config, does not fit the new pool and runs cold, which is correct either way.
+    if let Err(error) = agent
+        .sandbox
+        .reconfigure_warm_pool(new.warm_pool_size, profile)
+    {
+        tracing::error!(%error, "config reload refused: the warm pool could not be replaced; the running config stays");
+        return;
     }
     agent.replace_config(new);
     tracing::info!(

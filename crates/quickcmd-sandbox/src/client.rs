@@ -8,7 +8,7 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 
 use crate::error::{engine_message, SandboxError};
 use crate::image::SeenImages;
-use crate::pool::PoolHandle;
+use crate::pool_config::PoolSlot;
 
 /// The socket used when neither the caller nor `DOCKER_HOST` names one.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -25,8 +25,8 @@ const NEGOTIATE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DockerSandbox {
     pub(crate) docker: Docker,
     docker_host: String,
-    /// The warm pool, if `with_warm_pool` started one.
-    pub(crate) pool: Option<Arc<PoolHandle>>,
+    /// The warm pool (`with_warm_pool`, `reconfigure_warm_pool`), shared by all clones.
+    pub(crate) pool: Arc<PoolSlot>,
     /// Images seen present lately (the cold path's image check, cached).
     pub(crate) seen_images: Arc<SeenImages>,
 }
@@ -64,7 +64,7 @@ impl DockerSandbox {
         Ok(Self {
             docker,
             docker_host,
-            pool: None,
+            pool: Arc::default(),
             seen_images: Arc::default(),
         })
     }

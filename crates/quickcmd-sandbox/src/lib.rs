@@ -18,7 +18,8 @@
 //!
 //! One file per engine verb (`image`, `create`, `attach`, `start`, `update`, `wait`, `kill`,
 //! `inspect`, `remove`); `run` composes them for a cold container, `pooled` for a warm one;
-//! `pool` keeps the warm pool filled and `script` writes what a warm container reads.
+//! `pool` keeps the warm pool filled, `pool_config` shares it between clones and replaces it
+//! when the config changes, and `script` writes what a warm container reads.
 //!
 //! Limits of the engines this was built against (Docker Engine 20.10, API 1.41, runc,
 //! cgroup v1, inside a container): `docker run --privileged` fails there, while
@@ -33,6 +34,7 @@ mod image;
 mod inspect;
 mod kill;
 mod pool;
+mod pool_config;
 mod pooled;
 mod remove;
 mod run;

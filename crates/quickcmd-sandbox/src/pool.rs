@@ -19,7 +19,6 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::attach::{attach, AttachedInput, AttachedOutput};
-use crate::client::DockerSandbox;
 use crate::create::create_pool_container;
 use crate::error::SandboxError;
 use crate::image::ensure_image;
@@ -56,7 +55,8 @@ pub struct PoolProfile {
     pub pids_limit: i64,
 }
 
-/// Counters for metrics.
+/// Counters for metrics. The totals count over every pool a sandbox had (a reload that
+/// replaces the pool does not reset them); `size` and `idle` are the current pool's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WarmPoolStats {
     /// How many containers the pool keeps ready.
@@ -90,6 +90,34 @@ impl Drop for WarmContainer {
     }
 }
 
+/// What outlives one pool when a reload replaces it: the counters, so they never go
+/// backwards, and the containers whose removal failed, which the next pool retries.
+#[derive(Debug, Default)]
+pub(crate) struct PoolTotals {
+    claimed: AtomicU64,
+    misses: AtomicU64,
+    cold_fallbacks: AtomicU64,
+    discarded: AtomicU64,
+    /// Containers whose removal failed (the engine away): tried again before every refill
+    /// and at shutdown, so a claimed or half-made container does not outlive an engine
+    /// outage until the next agent start.
+    leftovers: Mutex<Vec<String>>,
+}
+
+impl PoolTotals {
+    /// The totals, with the current pool's `size` and `idle` count.
+    pub(crate) fn stats(&self, size: usize, idle: usize) -> WarmPoolStats {
+        WarmPoolStats {
+            size,
+            idle,
+            claimed_total: self.claimed.load(Ordering::Relaxed),
+            misses_total: self.misses.load(Ordering::Relaxed),
+            cold_fallbacks_total: self.cold_fallbacks.load(Ordering::Relaxed),
+            discarded_total: self.discarded.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub(crate) struct WarmPool {
     docker: Docker,
     profile: PoolProfile,
@@ -100,20 +128,14 @@ pub(crate) struct WarmPool {
     idle: Mutex<VecDeque<WarmContainer>>,
     refill: Notify,
     stop: CancellationToken,
-    /// The refill task, awaited by `shutdown_warm_pool`.
+    /// The refill task, awaited by `retire`.
     refill_task: Mutex<Option<JoinHandle<()>>>,
-    claimed: AtomicU64,
-    misses: AtomicU64,
-    cold_fallbacks: AtomicU64,
-    discarded: AtomicU64,
-    /// Containers of this pool whose removal failed (the engine away): tried again before
-    /// every refill and at shutdown, so a claimed or half-made container does not outlive
-    /// an engine outage until the next agent start.
-    leftovers: Mutex<Vec<String>>,
+    /// Shared with the pools that replace this one.
+    totals: Arc<PoolTotals>,
 }
 
-/// Owned by `DockerSandbox` (shared by its clones): stops the refill task when the last
-/// clone goes away.
+/// Held by the `DockerSandbox`'s pool slot (shared by its clones): stops the refill task
+/// when the last clone goes away.
 pub(crate) struct PoolHandle(pub(crate) Arc<WarmPool>);
 
 impl Drop for PoolHandle {
@@ -133,28 +155,90 @@ impl std::fmt::Debug for PoolHandle {
 }
 
 impl WarmPool {
+    /// Starts the refill task of a new pool of `size` (at least 1) containers of `profile`.
+    pub(crate) fn start(
+        docker: Docker,
+        size: usize,
+        profile: PoolProfile,
+        totals: Arc<PoolTotals>,
+    ) -> Result<Arc<WarmPool>, SandboxError> {
+        let template = pool_template(&profile);
+        template.validate()?;
+        let instance = format!("{:016x}", rand::thread_rng().gen::<u64>());
+        let pool = Arc::new(WarmPool {
+            docker,
+            profile,
+            template,
+            size,
+            instance,
+            idle: Mutex::new(VecDeque::with_capacity(size)),
+            refill: Notify::new(),
+            stop: CancellationToken::new(),
+            refill_task: Mutex::new(None),
+            totals,
+        });
+        let task = tokio::spawn(pool.clone().refill_loop());
+        *pool.refill_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        Ok(pool)
+    }
+
+    /// Stops refilling (at once: no claim succeeds after this), then waits for a refill in
+    /// progress and removes every idle container. Claimed containers are their jobs'.
+    pub(crate) async fn retire(&self) {
+        self.stop.cancel();
+        let task = self
+            .refill_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            if let Err(err) = task.await {
+                tracing::warn!(error = %err, "the warm pool refill task failed");
+            }
+        }
+        self.remove_idle().await;
+    }
+
+    /// Stops refilling and claiming without waiting (see [`WarmPool::retire`]).
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+
     pub(crate) fn instance(&self) -> &str {
         &self.instance
+    }
+
+    pub(crate) fn profile(&self) -> &PoolProfile {
+        &self.profile
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.size
     }
 
     /// A ready container and the job's script, when `spec` fits the profile and the pool
     /// has one; else `None`, counted as a cold fallback or a miss.
     pub(crate) fn claim_for(&self, spec: &SandboxSpec) -> Option<(WarmContainer, Vec<u8>)> {
+        let totals = &self.totals;
         let script = match job_script(spec) {
             Some(script) if self.fits(spec) => script,
             _ => {
-                self.cold_fallbacks.fetch_add(1, Ordering::Relaxed);
+                totals.cold_fallbacks.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
         };
-        let claimed = {
+        // A stopped pool (replaced by a reload, or shut down) hands out nothing: its idle
+        // containers may be of an old profile and are about to be removed.
+        let claimed = if self.stop.is_cancelled() {
+            None
+        } else {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let mut found = None;
             while let Some(warm) = idle.pop_front() {
                 // It stopped while idle (killed from outside, engine restart): its exit code
                 // is not a job's, so it serves nobody.
                 if warm.exited.is_finished() {
-                    self.discarded.fetch_add(1, Ordering::Relaxed);
+                    totals.discarded.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(container_id = %warm.container_id, "warm pool container stopped while idle; removing it");
                     continue;
                 }
@@ -166,11 +250,11 @@ impl WarmPool {
         self.refill.notify_one();
         match claimed {
             Some(warm) => {
-                self.claimed.fetch_add(1, Ordering::Relaxed);
+                totals.claimed.fetch_add(1, Ordering::Relaxed);
                 Some((warm, script))
             }
             None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
+                totals.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
@@ -200,19 +284,13 @@ impl WarmPool {
 
     pub(crate) fn stats(&self) -> WarmPoolStats {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
-        WarmPoolStats {
-            size: self.size,
-            idle,
-            claimed_total: self.claimed.load(Ordering::Relaxed),
-            misses_total: self.misses.load(Ordering::Relaxed),
-            cold_fallbacks_total: self.cold_fallbacks.load(Ordering::Relaxed),
-            discarded_total: self.discarded.load(Ordering::Relaxed),
-        }
+        self.totals.stats(self.size, idle)
     }
 
     /// Removes `container_id` later (before the next refill) if it still exists.
     pub(crate) fn remove_later(&self, container_id: &str) {
-        self.leftovers
+        self.totals
+            .leftovers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(container_id.to_owned());
@@ -220,8 +298,13 @@ impl WarmPool {
 
     /// One removal attempt for each leftover; those that fail stay for the next round.
     async fn remove_leftovers(&self) {
-        let pending: Vec<String> =
-            std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|p| p.into_inner()));
+        let pending: Vec<String> = std::mem::take(
+            &mut *self
+                .totals
+                .leftovers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         for container_id in pending {
             if let Err(err) = remove_container(&self.docker, &container_id, POOL_JOB_ID).await {
                 tracing::debug!(%container_id, error = %err, "warm pool leftover not removed yet");
@@ -401,92 +484,32 @@ fn flatten_join(
     })
 }
 
-impl DockerSandbox {
-    /// Starts a warm pool of `size` containers of `profile` (none when `size` is 0) and
-    /// returns the sandbox that uses it. Must be called inside a tokio runtime: the refill
-    /// runs in a background task until the last clone of the returned sandbox is dropped or
-    /// [`DockerSandbox::shutdown_warm_pool`] is called.
-    pub fn with_warm_pool(
-        mut self,
-        size: usize,
-        profile: PoolProfile,
-    ) -> Result<Self, SandboxError> {
-        if size == 0 {
-            self.pool = None;
-            return Ok(self);
-        }
-        let template = SandboxSpec {
-            job_id: POOL_JOB_ID.to_owned(),
-            agent_id: profile.agent_id.clone(),
-            image: profile.image.clone(),
-            command: String::new(),
-            user: profile.user.clone(),
-            network: false,
-            cpu_limit: profile.cpu_limit,
-            memory_limit_bytes: profile.memory_limit_bytes,
-            pids_limit: profile.pids_limit,
-            timeout: Duration::from_secs(1),
-            env: Default::default(),
-            workdir: profile.workdir.clone(),
-            tmp_size_bytes: profile.tmp_size_bytes,
-            workdir_size_bytes: profile.workdir_size_bytes,
-            mounts: Vec::new(),
-            stdin: None,
-        };
-        template.validate()?;
-        let instance = format!("{:016x}", rand::thread_rng().gen::<u64>());
-        let pool = Arc::new(WarmPool {
-            docker: self.docker.clone(),
-            profile,
-            template,
-            size,
-            instance,
-            idle: Mutex::new(VecDeque::with_capacity(size)),
-            refill: Notify::new(),
-            stop: CancellationToken::new(),
-            refill_task: Mutex::new(None),
-            claimed: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            cold_fallbacks: AtomicU64::new(0),
-            discarded: AtomicU64::new(0),
-            leftovers: Mutex::new(Vec::new()),
-        });
-        let task = tokio::spawn(pool.clone().refill_loop());
-        *pool.refill_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
-        self.pool = Some(Arc::new(PoolHandle(pool)));
-        Ok(self)
+/// The profile as a spec, as `create_pool_container` takes it.
+fn pool_template(profile: &PoolProfile) -> SandboxSpec {
+    SandboxSpec {
+        job_id: POOL_JOB_ID.to_owned(),
+        agent_id: profile.agent_id.clone(),
+        image: profile.image.clone(),
+        command: String::new(),
+        user: profile.user.clone(),
+        network: false,
+        cpu_limit: profile.cpu_limit,
+        memory_limit_bytes: profile.memory_limit_bytes,
+        pids_limit: profile.pids_limit,
+        timeout: Duration::from_secs(1),
+        env: Default::default(),
+        workdir: profile.workdir.clone(),
+        tmp_size_bytes: profile.tmp_size_bytes,
+        workdir_size_bytes: profile.workdir_size_bytes,
+        mounts: Vec::new(),
+        stdin: None,
     }
+}
 
-    /// The pool's counters, or `None` without a pool.
-    pub fn warm_pool_stats(&self) -> Option<WarmPoolStats> {
-        self.warm_pool().map(WarmPool::stats)
-    }
-
-    /// Stops refilling and removes the idle pool containers (waiting for a refill in
-    /// progress to finish and be removed too); jobs then run cold. Running pooled jobs are
-    /// not touched.
-    pub async fn shutdown_warm_pool(&self) {
-        if let Some(pool) = self.warm_pool() {
-            pool.stop.cancel();
-            let task = pool
-                .refill_task
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(task) = task {
-                if let Err(err) = task.await {
-                    tracing::warn!(error = %err, "the warm pool refill task failed");
-                }
-            }
-            pool.remove_idle().await;
-        }
-    }
-
-    pub(crate) fn warm_pool(&self) -> Option<&WarmPool> {
-        self.pool.as_deref().map(|handle| handle.0.as_ref())
-    }
-
-    pub(crate) fn warm_pool_arc(&self) -> Option<Arc<WarmPool>> {
-        self.pool.as_deref().map(|handle| handle.0.clone())
+impl PoolProfile {
+    /// Refuses a profile no pool container could be created with (the checks every job's
+    /// sandbox passes), before anything is started or replaced.
+    pub fn validate(&self) -> Result<(), SandboxError> {
+        pool_template(self).validate()
     }
 }

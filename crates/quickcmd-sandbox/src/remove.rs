@@ -172,8 +172,9 @@ impl DockerSandbox {
 
     /// Force-removes every container labelled `quickcmd.agent=<agent_id>` (running or not)
     /// and returns how many were removed. Meant for agent start, when nothing of that agent
-    /// can still be running legitimately — except this sandbox's own warm pool, which may
-    /// already be filling and is spared (a previous process's pool containers are removed).
+    /// can still be running legitimately — except this sandbox's own warm pools (the current
+    /// one, which may already be filling, and any a reload replaced, whose containers may
+    /// still run a job) are spared; a previous process's pool containers are removed.
     pub async fn remove_agent_containers(&self, agent_id: &str) -> Result<usize, SandboxError> {
         self.remove_labelled(agent_id, None).await
     }
@@ -206,7 +207,6 @@ impl DockerSandbox {
             .await
             .map_err(|err| cleanup_error(engine_message(&err)))?;
 
-        let own_pool = self.warm_pool().map(|pool| pool.instance().to_owned());
         let mut removed = 0;
         let mut failures = Vec::new();
         for container in containers {
@@ -217,7 +217,7 @@ impl DockerSandbox {
                 .labels
                 .as_ref()
                 .and_then(|labels| labels.get(LABEL_POOL_INSTANCE));
-            if own_pool.is_some() && instance == own_pool.as_ref() {
+            if instance.is_some_and(|instance| self.is_own_pool_instance(instance)) {
                 continue;
             }
             match remove_once(&self.docker, &container_id).await {

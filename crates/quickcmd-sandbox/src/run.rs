@@ -79,7 +79,7 @@ impl DockerSandbox {
         }
         let job_id = spec.job_id.clone();
         let claimed = self
-            .warm_pool_arc()
+            .warm_pool()
             .and_then(|pool| pool.claim_for(&spec).map(|claim| (pool, claim)));
         let (result, removal) = match claimed {
             Some((pool, (warm, script))) => {
