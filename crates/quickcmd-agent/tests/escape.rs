@@ -24,19 +24,23 @@
 //! timeout and the audit rows of an OOM (`tests/sandbox.rs`).
 //!
 //! Every row runs once per entry of [`POOL_SIZES`], through [`agent_config`]: the table must
-//! hold for a fresh container and for a pre-started (warm) one alike.
+//! hold for a fresh container and for a pre-started (warm) one alike. A pooled run proves
+//! each job took a pool container (`quickcmd_agent_warm_pool_claimed_total` goes up by one
+//! per job; a cold run has no pool at all), and finds the container a job ran in by its
+//! id in the job's result or, while it runs, by the cgroup of its processes — pool
+//! containers carry no `quickcmd.job` label, so the label alone would prove nothing.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use quickcmd_protocol::{JobResult, JobStatus, SandboxRequest};
-use quickcmd_testkit::{containers, eventually, payload, unique, Config, TestAgent, PATIENCE};
+use quickcmd_testkit::{
+    containers, eventually, metric, payload, unique, Config, TestAgent, PATIENCE,
+};
 use serde_json::json;
 
-/// Warm container pool sizes every row runs with. HOOK: when the warm pool
-/// (`warm_pool_size`, branch `perf`) lands, add the pooled size here (e.g. `&[0, 2]`) and
-/// set the key unconditionally in [`agent_config`].
-const POOL_SIZES: &[usize] = &[0];
+/// Warm container pool sizes every row runs with: cold, then pooled.
+const POOL_SIZES: &[usize] = &[0, 2];
 
 /// The non-root user the sandbox runs jobs as in this table (not the default 65534, so the
 /// test shows the configured value is the one used).
@@ -48,19 +52,19 @@ const CPU_LIMIT: f64 = 0.25;
 
 /// The agent config of every row, for one warm pool size.
 fn agent_config(warm_pool_size: usize) -> Config {
-    let config = Config::default()
+    Config::default()
         .set("sandbox_user", json!(SANDBOX_USER))
         .set("pids_limit", json!(PIDS_LIMIT))
         .set("sandbox_tmp_bytes", json!(TMP_BYTES))
         .set("sandbox_workdir_bytes", json!(WORKDIR_BYTES))
-        .set("default_cpu_limit", json!(CPU_LIMIT));
-    // The key does not exist before the pool lands (unknown keys are refused), and 0 is
-    // what an agent without it does.
-    if warm_pool_size > 0 {
-        config.set("warm_pool_size", json!(warm_pool_size))
-    } else {
-        config
-    }
+        .set("default_cpu_limit", json!(CPU_LIMIT))
+        .set("warm_pool_size", json!(warm_pool_size))
+}
+
+/// One agent of the table, and whether its jobs must run in warm pool containers.
+struct Rig {
+    agent: TestAgent,
+    pooled: bool,
 }
 
 /// Runs one row against a fresh agent for every pool size.
@@ -69,22 +73,105 @@ macro_rules! row {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             for &pool in POOL_SIZES {
-                let agent = TestAgent::start(
-                    &format!("esc-{}-p{pool}", stringify!($name)),
-                    agent_config(pool),
-                );
-                $body(&agent).await;
+                let rig = Rig {
+                    agent: TestAgent::start(
+                        &format!("esc-{}-p{pool}", stringify!($name)),
+                        agent_config(pool),
+                    ),
+                    pooled: pool > 0,
+                };
+                $body(&rig).await;
             }
         }
     };
 }
 
-/// Submits `command` as ctl-a and waits for its result.
-async fn run(
-    agent: &TestAgent,
-    command: &str,
-    sandbox: Option<SandboxRequest>,
-) -> (String, JobResult) {
+impl Rig {
+    /// Before a job: pooled, waits until a pool container is ready (so the job is a claim,
+    /// not a miss) and returns the claims so far; cold, asserts the agent has no pool.
+    async fn before_job(&self) -> f64 {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let text = self.agent.metrics().await;
+            let claimed = metric(&text, "quickcmd_agent_warm_pool_claimed_total");
+            if !self.pooled {
+                assert_eq!(
+                    claimed, None,
+                    "a cold run has no warm pool:
+{text}"
+                );
+                return 0.0;
+            }
+            if metric(&text, "quickcmd_agent_warm_pool_idle").is_some_and(|idle| idle >= 1.0) {
+                return claimed.expect("a pool counts its claims");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the warm pool never had a container ready:
+{text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After the job: pooled, it was served by the pool (one more claim); cold, still no
+    /// pool.
+    async fn after_job(&self, claimed_before: f64) {
+        let text = self.agent.metrics().await;
+        let claimed = metric(&text, "quickcmd_agent_warm_pool_claimed_total");
+        if self.pooled {
+            assert_eq!(
+                claimed,
+                Some(claimed_before + 1.0),
+                "the job did not run in a warm pool container:
+{text}"
+            );
+        } else {
+            assert_eq!(
+                claimed, None,
+                "a cold run has no warm pool:
+{text}"
+            );
+        }
+    }
+
+    /// The containers a running job may be in: cold, those labelled with its id; pooled,
+    /// this agent's pool containers (they carry no job label).
+    fn candidate_containers(&self, job_id: &str) -> Vec<String> {
+        if self.pooled {
+            assert!(
+                container_ids(job_id).is_empty(),
+                "a pool container has no job label"
+            );
+            containers(&format!("label=quickcmd.pool={}", self.agent.agent_id))
+        } else {
+            container_ids(job_id)
+        }
+    }
+}
+
+/// Nothing of an ended job's container is left: none labelled with its id, and none with
+/// the id its result names (the only way to find a pool container, which has no job
+/// label).
+fn container_is_gone(job_id: &str, result: &JobResult) {
+    assert!(
+        !result.sandbox_id.is_empty(),
+        "the result names the container the job ran in: {result:#?}"
+    );
+    assert_eq!(container_ids(job_id), Vec::<String>::new(), "{job_id}");
+    assert_eq!(
+        containers(&format!("id={}", result.sandbox_id)),
+        Vec::<String>::new(),
+        "the job's container {} is left",
+        result.sandbox_id
+    );
+}
+
+/// Submits `command` as ctl-a and waits for its result; asserts the job ran in a pool
+/// container when the rig is pooled.
+async fn run(rig: &Rig, command: &str, sandbox: Option<SandboxRequest>) -> (String, JobResult) {
+    let agent = &rig.agent;
+    let claimed = rig.before_job().await;
     let job_id = unique("esc");
     let mut p = payload("ctl-a", &job_id, command);
     p.sandbox = sandbox;
@@ -94,11 +181,12 @@ async fn run(
         .await
         .result
         .expect("a final job has a result");
+    rig.after_job(claimed).await;
     (job_id, result)
 }
 
 /// Runs `command`, asserts it completed with exit 0, returns its stdout.
-async fn stdout_of(agent: &TestAgent, command: &str) -> String {
+async fn stdout_of(agent: &Rig, command: &str) -> String {
     let (_, result) = run(agent, command, None).await;
     assert_eq!(
         (result.status, result.exit_code),
@@ -121,11 +209,14 @@ fn container_ids(job_id: &str) -> Vec<String> {
 }
 
 /// The agent answers `/health` and still runs an ordinary job.
-async fn agent_is_fine(agent: &TestAgent) {
-    let health = agent.request(reqwest::Method::GET, "/health", None).await;
+async fn agent_is_fine(rig: &Rig) {
+    let health = rig
+        .agent
+        .request(reqwest::Method::GET, "/health", None)
+        .await;
     assert_eq!(health.status, 200, "{}", health.text);
     assert_eq!(health.json()["status"], json!("healthy"), "{}", health.text);
-    assert_eq!(stdout_of(agent, "echo still-fine").await, "still-fine\n");
+    assert_eq!(stdout_of(rig, "echo still-fine").await, "still-fine\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -133,9 +224,9 @@ async fn agent_is_fine(agent: &TestAgent) {
 // ---------------------------------------------------------------------------------------------
 
 row!(only_loopback, only_loopback_with);
-async fn only_loopback_with(agent: &TestAgent) {
+async fn only_loopback_with(rig: &Rig) {
     let out = stdout_of(
-        agent,
+        rig,
         "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sed 's/^/dev=/'; \
          ls /sys/class/net | sed 's/^/sys=/'",
     )
@@ -144,9 +235,9 @@ async fn only_loopback_with(agent: &TestAgent) {
 }
 
 row!(root_is_read_only, root_is_read_only_with);
-async fn root_is_read_only_with(agent: &TestAgent) {
+async fn root_is_read_only_with(rig: &Rig) {
     let out = stdout_of(
-        agent,
+        rig,
         "for p in /x /etc/x /bin/x /usr/x /var/x; do \
            touch $p 2>&1 && echo \"$p=written\" || echo \"$p=refused\"; done; \
          mkdir /d 2>/dev/null && echo mkdir=written || echo mkdir=refused; \
@@ -162,11 +253,11 @@ async fn root_is_read_only_with(agent: &TestAgent) {
 }
 
 row!(proc_sys_and_sys_are_read_only, proc_sys_and_sys_with);
-async fn proc_sys_and_sys_with(agent: &TestAgent) {
+async fn proc_sys_and_sys_with(rig: &Rig) {
     // The mount options say read-only, and a write is refused for that reason (not only for
     // lack of permission, which a non-root user would get anyway).
     let out = stdout_of(
-        agent,
+        rig,
         "for m in /sys /proc/sys; do \
            echo \"$m=$(awk -v m=$m '$2 == m {split($4, o, \",\"); print o[1]}' /proc/mounts)\"; done; \
          { echo x > /proc/sys/kernel/hostname; } 2>&1; echo hostname_rc=$?; \
@@ -189,9 +280,9 @@ fn proc_status(out: &str) -> std::collections::HashMap<String, String> {
 }
 
 row!(no_capabilities, no_capabilities_with);
-async fn no_capabilities_with(agent: &TestAgent) {
+async fn no_capabilities_with(rig: &Rig) {
     let out = stdout_of(
-        agent,
+        rig,
         "echo \"User:$(id -u):$(id -g)\"; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb):' /proc/self/status",
     )
     .await;
@@ -212,8 +303,8 @@ async fn no_capabilities_with(agent: &TestAgent) {
 }
 
 row!(no_new_privileges, no_new_privileges_with);
-async fn no_new_privileges_with(agent: &TestAgent) {
-    let out = stdout_of(agent, "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status").await;
+async fn no_new_privileges_with(rig: &Rig) {
+    let out = stdout_of(rig, "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status").await;
     let status = proc_status(&out);
     assert_eq!(
         status.get("NoNewPrivs").map(String::as_str),
@@ -229,9 +320,9 @@ async fn no_new_privileges_with(agent: &TestAgent) {
 }
 
 row!(fork_bomb_is_stopped, fork_bomb_with);
-async fn fork_bomb_with(agent: &TestAgent) {
+async fn fork_bomb_with(rig: &Rig) {
     let (job_id, bomb) = run(
-        agent,
+        rig,
         "bomb() { bomb | bomb & }; bomb; sleep 3",
         Some(SandboxRequest {
             timeout_seconds: Some(15),
@@ -240,21 +331,18 @@ async fn fork_bomb_with(agent: &TestAgent) {
     )
     .await;
     assert!(bomb.status.is_final(), "{bomb:#?}");
-    assert!(
-        container_ids(&job_id).is_empty(),
-        "the bomb's container is gone"
-    );
+    container_is_gone(&job_id, &bomb);
     // The host can still fork, and the agent still serves and runs jobs.
     let host = Command::new("true").status().expect("the host can fork");
     assert!(host.success());
-    agent_is_fine(agent).await;
+    agent_is_fine(rig).await;
 }
 
 row!(memory_bomb_is_oom, memory_bomb_with);
-async fn memory_bomb_with(agent: &TestAgent) {
+async fn memory_bomb_with(rig: &Rig) {
     // `tail` keeps a line that never ends in memory; 16 MiB (memory + swap) stops it.
     let (job_id, result) = run(
-        agent,
+        rig,
         "tail /dev/zero",
         Some(SandboxRequest {
             memory_limit: Some(16 * 1024 * 1024),
@@ -267,15 +355,15 @@ async fn memory_bomb_with(agent: &TestAgent) {
         (JobStatus::Failed, Some("oom"), 137),
         "{result:#?}"
     );
-    assert!(container_ids(&job_id).is_empty());
-    agent_is_fine(agent).await;
+    container_is_gone(&job_id, &result);
+    agent_is_fine(rig).await;
 }
 
 row!(tmp_fill_stops_at_its_size, tmp_fill_with);
-async fn tmp_fill_with(agent: &TestAgent) {
+async fn tmp_fill_with(rig: &Rig) {
     // 32 MiB into each tmpfs: the writes stop at the configured size with ENOSPC.
     let out = stdout_of(
-        agent,
+        rig,
         "for d in /tmp /work; do \
            { head -c 33554432 /dev/zero > $d/fill; } 2>&1; echo \"$d.rc=$?\"; \
            echo \"$d.bytes=$(wc -c < $d/fill)\"; done; \
@@ -304,7 +392,7 @@ const CPU_USAGE_NS: &str = "usage() { \
     else echo $(( $(awk '/^usage_usec/ {print $2}' /sys/fs/cgroup/cpu.stat) * 1000 )); fi; }";
 
 row!(cpu_hog_is_throttled, cpu_hog_with);
-async fn cpu_hog_with(agent: &TestAgent) {
+async fn cpu_hog_with(rig: &Rig) {
     // Three busy loops (more than this 2-core host has) for 6 s of wall time; the container's
     // CPU time over the same span, against cpu_limit. A limit, not a latency: without it the
     // ratio would be 1 or more.
@@ -317,7 +405,7 @@ async fn cpu_hog_with(agent: &TestAgent) {
          kill $p1 $p2 $p3; \
          echo usage_ns=$((u1 - u0)); echo wall=$t0,$t1"
     );
-    let out = stdout_of(agent, &script).await;
+    let out = stdout_of(rig, &script).await;
     let usage_ns: f64 = value(&out, "usage_ns")
         .parse()
         .unwrap_or_else(|_| panic!("usage: {out}"));
@@ -372,6 +460,20 @@ fn host_cgroup_of(pid: u32) -> PathBuf {
     PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'))
 }
 
+/// The host pid of a container's first process; `None` when it is not running (a pool
+/// container being made, say), so it cannot hold any process.
+fn running_init(container_id: &str) -> Option<u32> {
+    let inspect = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", container_id])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&inspect.stdout)
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid != 0)
+}
+
 /// Pids listed in a cgroup directory (none when it is gone).
 fn cgroup_procs(dir: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("cgroup.procs"))
@@ -380,7 +482,8 @@ fn cgroup_procs(dir: &std::path::Path) -> Vec<String> {
 }
 
 row!(cancel_leaves_nothing_on_the_host, cancel_with);
-async fn cancel_with(agent: &TestAgent) {
+async fn cancel_with(rig: &Rig) {
+    let agent = &rig.agent;
     let marker = unique("escape-marker");
     // Every shell ignores SIGTERM; the middle one forks the last into its own session and
     // exits (a double fork), so the last is nobody's child but the container's init.
@@ -389,26 +492,33 @@ async fn cancel_with(agent: &TestAgent) {
          (trap '' TERM; setsid sh -c \"trap '' TERM; while :; do sleep 1; done; : {marker}\" &); \
          echo started; while :; do sleep 1; done"
     );
+    let claimed = rig.before_job().await;
     let job_id = unique("esc-cancel");
     agent.submit("ctl-a", &job_id, &command).await;
     agent.wait_running("ctl-a", &job_id).await;
 
-    // While it runs: the job's processes are visible on the host, in the container's cgroup.
+    // While it runs: the job's processes are visible on the host, in the cgroup of exactly
+    // one of the containers it may be in (cold: the one with its job label; pooled: one of
+    // the agent's pool containers).
     let before = eventually(PATIENCE, "the job's two shells on the host", || {
         let pids = host_processes_with(&marker);
         (pids.len() >= 2).then_some(pids)
     });
-    let ids = container_ids(&job_id);
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    let inspect = Command::new("docker")
-        .args(["inspect", "-f", "{{.State.Pid}}", &ids[0]])
-        .output()
-        .expect("docker inspect");
-    let init: u32 = String::from_utf8_lossy(&inspect.stdout)
-        .trim()
-        .parse()
-        .expect("the container's pid");
-    let cgroup = host_cgroup_of(init);
+    let job_cgroup = host_cgroup_of(before[0]);
+    let holding: Vec<(String, PathBuf)> = rig
+        .candidate_containers(&job_id)
+        .into_iter()
+        .filter_map(|id| {
+            let cgroup = host_cgroup_of(running_init(&id)?);
+            (cgroup == job_cgroup).then_some((id, cgroup))
+        })
+        .collect();
+    assert_eq!(
+        holding.len(),
+        1,
+        "one container holds the job's processes: {holding:?}"
+    );
+    let (container, cgroup) = holding.into_iter().next().expect("one container");
     let procs = cgroup_procs(&cgroup);
     for pid in &before {
         assert!(
@@ -432,8 +542,13 @@ async fn cancel_with(agent: &TestAgent) {
         (JobStatus::Failed, Some("cancelled"), 137),
         "{result:#?}"
     );
+    rig.after_job(claimed).await;
+    assert!(
+        result.sandbox_id.starts_with(&container),
+        "the result names the container that held the job ({container}): {result:#?}"
+    );
     // Nothing of the job is left: no container, no process, no member of its cgroup.
-    assert!(container_ids(&job_id).is_empty(), "container left behind");
+    container_is_gone(&job_id, &result);
     let left = host_processes_with(&marker);
     assert!(
         left.is_empty(),
