@@ -61,11 +61,22 @@ fn claimed(text: &str) -> Option<f64> {
     metric(text, "quickcmd_agent_warm_pool_claimed_total")
 }
 
-/// Pool containers of the agent that exist now, by full id.
+/// Pool containers of the agent that exist now, by full id (listed in one call: one may
+/// be removed at any moment, so no second look per container).
 fn pool_containers(agent: &TestAgent) -> Vec<String> {
-    containers(&format!("label=quickcmd.pool={}", agent.agent_id))
-        .iter()
-        .map(|id| inspect(id, "{{.Id}}"))
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("label=quickcmd.pool={}", agent.agent_id))
+        .output()
+        .expect("docker ps runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
         .collect()
 }
 

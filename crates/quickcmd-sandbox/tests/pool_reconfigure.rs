@@ -245,7 +245,7 @@ async fn reconfiguring_replaces_the_pool_and_spares_running_jobs() {
     let old_idle: Vec<String> = pool_containers(&agent)
         .await
         .into_iter()
-        .filter(|id| !running.container_id.starts_with(id.as_str()) && id != &running.container_id)
+        .filter(|id| id != &running.container_id)
         .collect();
     assert_eq!(old_idle.len(), 2, "{old_idle:?}");
     let old_instance = inspect(
