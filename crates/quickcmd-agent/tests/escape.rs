@@ -35,7 +35,8 @@ use std::process::Command;
 
 use quickcmd_protocol::{JobResult, JobStatus, SandboxRequest};
 use quickcmd_testkit::{
-    containers, eventually, metric, payload, unique, Config, TestAgent, PATIENCE,
+    assert_no_containers_soon, containers, eventually, metric, payload, unique, Config, TestAgent,
+    PATIENCE,
 };
 use serde_json::json;
 
@@ -152,19 +153,24 @@ impl Rig {
 
 /// Nothing of an ended job's container is left: none labelled with its id, and none with
 /// the id its result names (the only way to find a pool container, which has no job
-/// label).
-fn container_is_gone(job_id: &str, result: &JobResult) {
+/// label). `soon`: a job that ended by itself (exit, OOM) has its stopped container removed
+/// just after its result is sent, so the check waits a little; a cancelled or timed-out
+/// job's container is removed before the result, so it is checked at once.
+fn container_is_gone(job_id: &str, result: &JobResult, soon: bool) {
     assert!(
         !result.sandbox_id.is_empty(),
         "the result names the container the job ran in: {result:#?}"
     );
-    assert_eq!(container_ids(job_id), Vec::<String>::new(), "{job_id}");
-    assert_eq!(
-        containers(&format!("id={}", result.sandbox_id)),
-        Vec::<String>::new(),
-        "the job's container {} is left",
-        result.sandbox_id
-    );
+    for filter in [
+        format!("label=quickcmd.job={job_id}"),
+        format!("id={}", result.sandbox_id),
+    ] {
+        if soon {
+            assert_no_containers_soon(&filter);
+        } else {
+            assert_eq!(containers(&filter), Vec::<String>::new(), "{filter}");
+        }
+    }
 }
 
 /// Submits `command` as ctl-a and waits for its result; asserts the job ran in a pool
@@ -331,7 +337,7 @@ async fn fork_bomb_with(rig: &Rig) {
     )
     .await;
     assert!(bomb.status.is_final(), "{bomb:#?}");
-    container_is_gone(&job_id, &bomb);
+    container_is_gone(&job_id, &bomb, true);
     // The host can still fork, and the agent still serves and runs jobs.
     let host = Command::new("true").status().expect("the host can fork");
     assert!(host.success());
@@ -355,7 +361,7 @@ async fn memory_bomb_with(rig: &Rig) {
         (JobStatus::Failed, Some("oom"), 137),
         "{result:#?}"
     );
-    container_is_gone(&job_id, &result);
+    container_is_gone(&job_id, &result, true);
     agent_is_fine(rig).await;
 }
 
@@ -548,7 +554,7 @@ async fn cancel_with(rig: &Rig) {
         "the result names the container that held the job ({container}): {result:#?}"
     );
     // Nothing of the job is left: no container, no process, no member of its cgroup.
-    container_is_gone(&job_id, &result);
+    container_is_gone(&job_id, &result, false);
     let left = host_processes_with(&marker);
     assert!(
         left.is_empty(),
