@@ -89,9 +89,12 @@ pub(crate) async fn run(agent: &LocalAgent, subscribers: usize, jobs: usize) -> 
         .target(&format!("≤ +30 MiB (+{extra:.1})"), extra <= 30.0),
     );
 
-    // Growth: RSS after a first tenth of the jobs vs after all of them.
+    // Growth: RSS after a tenth, half and all of the jobs. A leak grows with every job; the
+    // SQLite page caches (2 MiB per connection by default) fill as the database grows and
+    // then stop, so the verdict is on the second half, and both figures are printed.
     let tenth = (jobs / 10).max(1);
-    let mut after_tenth = 0.0;
+    let half = (jobs / 2).max(tenth);
+    let (mut after_tenth, mut after_half) = (0.0, 0.0);
     for done in 0..jobs {
         let finished = agent.run("true").await?;
         if finished.exit_code != Some(0) {
@@ -103,17 +106,23 @@ pub(crate) async fn run(agent: &LocalAgent, subscribers: usize, jobs: usize) -> 
         if done + 1 == tenth {
             after_tenth = agent.rss_bytes()? as f64 / MIB;
         }
+        if done + 1 == half {
+            after_half = agent.rss_bytes()? as f64 / MIB;
+        }
     }
     let after = agent.rss_bytes()? as f64 / MIB;
-    let growth = after - after_tenth;
+    let growth = after - after_half;
     rows.push(
         Row::new(
             SECTION,
-            format!("agent RSS after {jobs} jobs (+{growth:.1} since job {tenth})"),
+            format!(
+                "agent RSS after {jobs} jobs (+{:.1} since job {tenth}, +{growth:.1} since job {half})",
+                after - after_tenth
+            ),
             "MiB",
             after,
         )
-        .target("no growth (≤ +2 MiB)", growth <= 2.0),
+        .target("no growth (≤ +1 MiB over the second half)", growth <= 1.0),
     );
     Ok(rows)
 }
