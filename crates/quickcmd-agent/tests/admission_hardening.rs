@@ -188,6 +188,12 @@ async fn a_flood_of_refused_megabyte_posts_keeps_the_audit_small() {
     let grown = audit_size(&agent).saturating_sub(before);
     eprintln!("{sent} refused 1 MB posts grew the audit files by {grown} bytes");
     assert!(grown < 2_000_000, "the audit grew by {grown} bytes");
+    // The log is bounded like the audit: one line per refusal that got its own row.
+    let logged = agent.log().matches("submission refused").count();
+    assert!(
+        (1..=20).contains(&logged),
+        "{logged} 'submission refused' log lines for {sent} refusals (limit 20 per source)"
+    );
 
     // The summary is written at shutdown at the latest; nothing is lost.
     let mut agent = agent;
@@ -231,6 +237,49 @@ async fn a_flood_of_refused_megabyte_posts_keeps_the_audit_small() {
     );
     let (code, report) = agent.audit_verify();
     assert_eq!(code, 0, "{report}");
+}
+
+/// A body over the limit is refused from its `Content-Length` without being read, and the
+/// HTTP/1.1 answer says the connection closes, so a client does not reuse it for its next
+/// request (HTTP/2 has no such header: the stream is reset instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_body_is_refused_with_connection_close() {
+    let agent = TestAgent::start("oversize-close", Config::default());
+    let pem = std::fs::read(agent.cert_path()).expect("the agent certificate");
+    let cert = reqwest::Certificate::from_pem(&pem).expect("cert");
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(cert)
+        .http1_only()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let response = http
+        .post(format!("{}/api/v1/jobs", agent.base))
+        .header("content-type", "application/json")
+        .body(vec![b'x'; quickcmd_protocol::MAX_BODY_BYTES + 1])
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(
+        response
+            .headers()
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
+    // A refusal of a body that was read keeps the connection.
+    let response = http
+        .post(format!("{}/api/v1/jobs", agent.base))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(response.headers().get("connection").is_none());
 }
 
 /// The audit database and its WAL, in bytes.

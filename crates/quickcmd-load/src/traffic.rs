@@ -157,14 +157,29 @@ pub(crate) async fn signed_phase(
         .unwrap_or_default()
 }
 
+/// An error with its sources, e.g. `error sending request: connection error: GOAWAY`.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// What the flood saw.
 #[derive(Debug, Default)]
 pub(crate) struct FloodRecord {
     pub(crate) sent: usize,
     /// Answers by status.
     pub(crate) by_status: std::collections::BTreeMap<u16, usize>,
-    /// Transport errors (a refused oversize body may be cut off while it is being sent).
+    /// Transport errors: a refused oversize body may be cut off while it is being sent, and
+    /// a connection the agent closed ends the request on it.
     pub(crate) transport_errors: usize,
+    /// What the first few of them said.
+    pub(crate) cut_off_examples: Vec<String>,
     pub(crate) violations: Vec<String>,
 }
 
@@ -215,15 +230,16 @@ pub(crate) async fn flood(base: String, connections: usize, stop: Arc<AtomicBool
                                 .push(format!("garbage answered {status}, expected {expected}"));
                         }
                     }
-                    Err(_) if expected == 413 => {
-                        r.transport_errors += 1;
-                        drop(r);
-                        http = client();
-                    }
+                    // The agent may end a flooder's connection (a refused 1 MiB body is
+                    // never read; HTTP/2 resets the stream, and a peer whose streams keep
+                    // being reset is sent GOAWAY): counted, with the first few causes
+                    // kept, and a new connection made. Signed workers get no such leeway.
                     Err(error) => {
                         r.transport_errors += 1;
-                        r.violations
-                            .push(format!("garbage ({expected}) transport error: {error}"));
+                        if r.cut_off_examples.len() < 3 {
+                            r.cut_off_examples
+                                .push(format!("garbage ({expected}): {}", error_chain(&error)));
+                        }
                         drop(r);
                         http = client();
                     }

@@ -196,27 +196,47 @@ async fn verify_off_runtime(
 ) -> (Attempt, Result<Signed, Refused>) {
     let config = config.clone();
     let fallback = remote.clone();
-    off_runtime(agent, move || verify_body(&config, remote, &body))
-        .await
-        .unwrap_or_else(|| (Attempt::unread(fallback), Err(Refused::Internal)))
+    off_runtime(agent, body.len(), move || {
+        verify_body(&config, remote, &body)
+    })
+    .await
+    .unwrap_or_else(|| (Attempt::unread(fallback), Err(Refused::Internal)))
 }
 
 /// What a body that will not be admitted says about itself (for its audit row), read off
 /// the async workers.
 pub(crate) async fn describe(agent: &Agent, remote: String, body: Bytes) -> Attempt {
     let fallback = remote.clone();
-    off_runtime(agent, move || Attempt::from_unparsed(remote, &body))
-        .await
-        .unwrap_or_else(|| Attempt::unread(fallback))
+    off_runtime(agent, body.len(), move || {
+        Attempt::from_unparsed(remote, &body)
+    })
+    .await
+    .unwrap_or_else(|| Attempt::unread(fallback))
 }
 
-/// Runs CPU work on untrusted bytes on the blocking pool, at most [`Agent::body_checks`] at
-/// once: it never holds an async worker, and a flood of large bodies cannot take every
-/// core. `None` if the work panicked (logged).
+/// Bodies up to this size are checked on the async worker itself: the linear parser and
+/// HMAC take microseconds on them, less than the hop to the blocking pool and back, and a
+/// flood of small garbage then cannot queue signed bodies behind it for a permit.
+const INLINE_BODY_BYTES: usize = 8 * 1024;
+
+/// Runs CPU work on untrusted bytes of `len` bytes: inline when small, else on the blocking
+/// pool, at most [`Agent::body_checks`] at once — a large body never holds an async worker,
+/// and a flood of large bodies cannot take every core. `None` if the work panicked
+/// (logged).
 async fn off_runtime<T: Send + 'static>(
     agent: &Agent,
+    len: usize,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
+    if len <= INLINE_BODY_BYTES {
+        return match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                tracing::error!("checking a submit body failed");
+                None
+            }
+        };
+    }
     // The semaphore is never closed, so this is always a permit.
     let permit = agent.body_checks.clone().acquire_owned().await.ok()?;
     let task = tokio::task::spawn_blocking(move || {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use quickcmd_protocol::{ErrorCode, SubmitResponse, MAX_BODY_BYTES};
@@ -29,7 +29,7 @@ pub(super) async fn submit(
             ErrorCode::PayloadTooLarge,
             format!("request body is over the {MAX_BODY_BYTES}-byte limit"),
         );
-        return refuse(&agent, &Attempt::unread(remote), error).await;
+        return refuse(&agent, &Attempt::unread(remote), error, true).await;
     };
     if agent.is_shutting_down() {
         let error = ApiError::new(
@@ -37,7 +37,7 @@ pub(super) async fn submit(
             "the agent is shutting down and takes no new jobs; retry on another agent or later",
         );
         let attempt = admission::describe(&agent, remote, bytes).await;
-        return refuse(&agent, &attempt, error).await;
+        return refuse(&agent, &attempt, error, false).await;
     }
     match admission::admit(&agent, remote, bytes).await {
         (_, Ok(Admitted { job_id, status })) => (
@@ -49,14 +49,14 @@ pub(super) async fn submit(
         (_, Err(refused @ Refused::AuditUnavailable { .. })) => {
             ApiError::from(refused).into_response()
         }
-        (attempt, Err(refused)) => refuse(&agent, &attempt, refused.into()).await,
+        (attempt, Err(refused)) => refuse(&agent, &attempt, refused.into(), false).await,
     }
 }
 
 /// Refuses: audits the attempt (a small row; under a flood from one source, a count in
 /// that source's summary row; a failed audit write is logged and the answer stays the
 /// refusal) and counts it.
-async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError) -> Response {
+async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError, unread_body: bool) -> Response {
     agent.metrics.refusal(error.code.as_str());
     let decision = agent.refusals.record(
         &attempt.source(),
@@ -65,6 +65,13 @@ async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError) -> Response {
         Instant::now(),
     );
     let mut rows = decision.summaries;
+    if !rows.is_empty() {
+        tracing::info!(
+            remote = %attempt.remote,
+            windows = rows.len(),
+            "refused submissions beyond the per-source row limit were counted in summary audit rows"
+        );
+    }
     if decision.write_row {
         let details = serde_json::json!({ "error": error.message, "details": error.details });
         rows.push(attempt.refusal_event(error.code, details));
@@ -74,14 +81,29 @@ async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError) -> Response {
             tracing::error!(%audit_error, code = error.code.as_str(), "could not audit a refused submission");
         }
     }
-    tracing::info!(
-        job_id = attempt.job_id.as_deref().unwrap_or("-"),
-        controller = attempt.controller_id.as_deref().unwrap_or("-"),
-        remote = %attempt.remote,
-        code = error.code.as_str(),
-        "submission refused"
-    );
-    error.into_response()
+    // The log is bounded like the audit: a line per refusal that gets its own row; beyond
+    // the per-source limit only at debug (the summary rows keep the count), so a flood of
+    // garbage cannot flood the journal.
+    if decision.write_row {
+        tracing::info!(
+            job_id = attempt.job_id.as_deref().unwrap_or("-"),
+            controller = attempt.controller_id.as_deref().unwrap_or("-"),
+            remote = %attempt.remote,
+            code = error.code.as_str(),
+            "submission refused"
+        );
+    } else {
+        tracing::debug!(remote = %attempt.remote, code = error.code.as_str(), "refusal counted in its source's summary");
+    }
+    let mut response = error.into_response();
+    if unread_body {
+        // The rest of the body was never read: say the connection ends, so a client does
+        // not send its next request down a connection the server is about to close.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ()> {
