@@ -88,11 +88,38 @@ fn tiny_values() -> Vec<u8> {
     body_with(&format!(r#""candidate_metadata":{{"x":[{items}0]}},"#))
 }
 
+/// The largest key-heavy body the agent still checks on its async worker (2 KiB).
+fn inline_limit_keys() -> Vec<u8> {
+    let mut count = 1;
+    while many_keys(count + 1).len() <= 2 * 1024 {
+        count += 1;
+    }
+    many_keys(count)
+}
+
+/// The largest value-heavy body under the same limit.
+fn inline_limit_values() -> Vec<u8> {
+    let mut items = String::new();
+    while body_with(&format!(
+        r#""candidate_metadata":{{"x":[{items}1.5e-7,0]}},"#
+    ))
+    .len()
+        <= 2 * 1024
+    {
+        items.push_str("1.5e-7,");
+    }
+    items.push('0');
+    body_with(&format!(r#""candidate_metadata":{{"x":[{items}]}},"#))
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("tiny") {
         time("500,000 tiny values", &tiny_values());
         return;
     }
+    // What the agent runs inline on an async worker (bodies up to 2 KiB).
+    time("2 KiB of keys (inline)", &inline_limit_keys());
+    time("2 KiB of values (inline)", &inline_limit_values());
     time("80,000 keys", &many_keys(80_000));
     time("80,000 keys, last repeated", &{
         let mut body = many_keys(80_000);

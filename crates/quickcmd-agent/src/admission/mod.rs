@@ -214,10 +214,12 @@ pub(crate) async fn describe(agent: &Agent, remote: String, body: Bytes) -> Atte
     .unwrap_or_else(|| Attempt::unread(fallback))
 }
 
-/// Bodies up to this size are checked on the async worker itself: the linear parser and
-/// HMAC take microseconds on them, less than the hop to the blocking pool and back, and a
-/// flood of small garbage then cannot queue signed bodies behind it for a permit.
-const INLINE_BODY_BYTES: usize = 8 * 1024;
+/// Bodies up to this size are checked on the async worker itself: parse and verify take at
+/// most ~50 µs on them (`cargo run --release --example parse_flood -p quickcmd-protocol`:
+/// 2 KiB of keys or of numbers, 0.05 ms; 8 KiB would be 0.2–0.4 ms, too long to hold a
+/// worker), about the cost of the hop to the blocking pool and back, and a flood of small
+/// garbage then cannot queue signed bodies (typically under 1 KiB) behind it for a permit.
+const INLINE_BODY_BYTES: usize = 2 * 1024;
 
 /// Runs CPU work on untrusted bytes of `len` bytes: inline when small, else on the blocking
 /// pool, at most [`Agent::body_checks`] at once — a large body never holds an async worker,

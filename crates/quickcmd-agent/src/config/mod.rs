@@ -284,6 +284,14 @@ impl Validator<'_> {
             if entry.id.is_empty() {
                 return Err(self.invalid(&key, "`id` must not be empty"));
             }
+            // An empty scope grants nothing and is most likely a slip (`scopes: [""]`, a
+            // stray `-`): say so rather than start with a grant that cannot match.
+            if entry.scopes.iter().any(|scope| scope.trim().is_empty()) {
+                return Err(self.invalid(
+                    &format!("{key}.scopes"),
+                    format!("controller `{}` lists an empty scope; remove it or name the scope (e.g. sandbox:network, mount:NAME)", entry.id),
+                ));
+            }
             let secret = match self.secret(
                 &format!("{key}.hmac_secret"),
                 entry.hmac_secret.clone(),

@@ -237,3 +237,23 @@ fn secret_file_readable_by_others_is_refused_with_the_fix() {
         );
     refused(&text, &["controllers[0].hmac_secret_file", "chmod 600"]);
 }
+
+#[test]
+fn an_empty_scope_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for scopes in ["[\"\"]", "[\"sandbox:network\", \" \"]", "[&anchored]"] {
+        let text = format!(
+            "bind_address: \"127.0.0.1\"\ninsecure_plain_http: true\nallowed_images: [\"i\"]\ncontrollers:\n  - id: c2\n    hmac_secret: \"{}\"\n    scopes: {scopes}\n",
+            "b".repeat(40)
+        );
+        let path = write(&dir, &text);
+        let error = match AgentConfig::load(&path, None) {
+            Ok(_) => panic!("scopes {scopes} were accepted"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("controllers[0].scopes") && error.contains("empty scope"),
+            "{scopes}: {error}"
+        );
+    }
+}
