@@ -72,6 +72,7 @@ pub(crate) struct Metrics {
     connections_refused: AtomicU64,
     health_checks: AtomicU64,
     container_remove_failures: AtomicU64,
+    refusals_delayed: AtomicU64,
     /// The audit log's newest row id, set before each scrape.
     audit_head_seq: AtomicI64,
     /// Connections closed by a timeout: header, body, idle; and WebSocket sends.
@@ -97,6 +98,7 @@ impl Default for Metrics {
             connections_refused: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
             container_remove_failures: AtomicU64::new(0),
+            refusals_delayed: AtomicU64::new(0),
             audit_head_seq: AtomicI64::new(0),
             timeouts: Mutex::new(BTreeMap::new()),
             rejections: Mutex::new(BTreeMap::new()),
@@ -165,6 +167,10 @@ impl Metrics {
     }
     pub(crate) fn health_checked(&self) {
         self.health_checks.fetch_add(1, Ordering::Relaxed);
+    }
+    /// An unauthenticated refusal from a source past its row limit was answered late.
+    pub(crate) fn refusal_delayed(&self) {
+        self.refusals_delayed.fetch_add(1, Ordering::Relaxed);
     }
     /// A job's stopped container could not be removed after its result was sent.
     pub(crate) fn container_remove_failed(&self) {
@@ -250,6 +256,12 @@ impl Metrics {
                 "counter",
                 "Stopped job containers the engine would not remove after the result was sent (retried; swept at start)",
                 self.container_remove_failures.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "quickcmd_agent_refusals_delayed_total",
+                "counter",
+                "Unauthenticated refusals answered 50 ms late because their source was past audit_refusals_per_source_per_minute",
+                self.refusals_delayed.load(Ordering::Relaxed) as i64,
             ),
             (
                 "quickcmd_agent_audit_head_seq",

@@ -188,6 +188,16 @@ async fn a_flood_of_refused_megabyte_posts_keeps_the_audit_small() {
     let grown = audit_size(&agent).saturating_sub(before);
     eprintln!("{sent} refused 1 MB posts grew the audit files by {grown} bytes");
     assert!(grown < 2_000_000, "the audit grew by {grown} bytes");
+    // Past the limit, each unauthenticated refusal was answered late (the tarpit)...
+    assert_eq!(delayed(&agent).await, sent - 20);
+    // ...but a refusal of a signed, verified job never is, wherever it comes from.
+    let mut scoped = payload("ctl-a", &unique("scoped"), "true");
+    scoped.required_scopes = Some(vec!["no-such-scope".to_string()]);
+    agent
+        .post(agent.body(&scoped))
+        .await
+        .assert_error(403, "INSUFFICIENT_SCOPES");
+    assert_eq!(delayed(&agent).await, sent - 20);
     // The log is bounded like the audit: one line per refusal that got its own row.
     let logged = agent.log().matches("submission refused").count();
     assert!(
@@ -213,7 +223,9 @@ async fn a_flood_of_refused_megabyte_posts_keeps_the_audit_small() {
         .filter_map(|r| r["details"]["refusals"].as_u64())
         .sum();
     assert!(single < sent, "every refusal got its own row: {single}");
-    assert_eq!(single + summarized, sent, "{rows:#?}");
+    // Every refusal counted: the flood's and the signed scope refusal made above (past the
+    // limit too, so counted in the summary).
+    assert_eq!(single + summarized, sent + 1, "{rows:#?}");
     for row in rows.iter().filter(|r| r["details"]["summary"].is_null()) {
         assert!(
             row["command"].as_str().is_some_and(|c| c.len() <= 256),
@@ -280,6 +292,16 @@ async fn an_oversize_body_is_refused_with_connection_close() {
         .expect("an answer");
     assert_eq!(response.status().as_u16(), 400);
     assert!(response.headers().get("connection").is_none());
+}
+
+/// `quickcmd_agent_refusals_delayed_total` from `/metrics`.
+async fn delayed(agent: &TestAgent) -> u64 {
+    let metrics = agent.request(Method::GET, "/metrics", None).await.text;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quickcmd_agent_refusals_delayed_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("the delayed-refusals counter")
 }
 
 /// The audit database and its WAL, in bytes.

@@ -95,6 +95,15 @@ async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError, unread_body: 
     } else {
         tracing::debug!(remote = %attempt.remote, code = error.code.as_str(), "refusal counted in its source's summary");
     }
+    // A source past its row limit that keeps sending unauthenticated garbage waits a
+    // little for each answer, as sshd makes failed logins wait: a sender that waits for
+    // its answers (most do) sends a fraction of the requests, and the agent's CPU goes to
+    // signed work. Nothing is held meanwhile but a timer; a signed job's refusal (a 429
+    // for a full queue) is never delayed.
+    if !attempt.verified && !decision.write_row {
+        agent.metrics.refusal_delayed();
+        tokio::time::sleep(FLOOD_ANSWER_DELAY).await;
+    }
     let mut response = error.into_response();
     if unread_body {
         // The rest of the body was never read: say the connection ends, so a client does
@@ -105,6 +114,10 @@ async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError, unread_body: 
     }
     response
 }
+
+/// How long an unauthenticated refusal waits once its source is past
+/// `audit_refusals_per_source_per_minute` refusals in the current minute.
+const FLOOD_ANSWER_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ()> {
     let declared = headers
