@@ -47,9 +47,12 @@ fn closed_port() -> u16 {
 /// Runs `command` with its stdout closed before it writes anything, as `| head` does
 /// once it has read enough; returns the exit code and stderr.
 fn with_stdout_closed(mut command: Command) -> (Option<i32>, String) {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // The reader is gone before the command starts (closing it after the spawn would race
+    // a command that writes its few lines first).
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    command.stdout(writer).stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn");
-    drop(child.stdout.take());
     let mut stderr = child.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || {
         let mut text = String::new();

@@ -461,14 +461,16 @@ fn a_log_written_before_v2_upgrades_and_verifies() {
         &["audit", "list"],
         &["audit", "verify"],
     ] {
+        // The reader is gone before the command starts: closing it after the spawn would
+        // race a command fast enough to write its few lines into the pipe first.
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
         let mut command = agent.cli();
         command
             .args(args)
-            .stdout(std::process::Stdio::piped())
+            .stdout(writer)
             .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().expect("spawn");
-        drop(child.stdout.take());
-        let out = child.wait_with_output().expect("wait");
+        let out = command.output().expect("run");
         assert_eq!(out.status.code(), Some(141), "{args:?}: {}", show(&out));
         assert!(out.stderr.is_empty(), "{args:?}: {}", show(&out));
     }
