@@ -4,7 +4,7 @@
 //! not become one stored frame each.
 
 use quickcmd_protocol::{ReadAuth, SandboxRequest};
-use quickcmd_testkit::{body_from, payload, read_to_close, unique, Config, TestAgent};
+use quickcmd_testkit::{body_from, metric, payload, read_to_close, unique, Config, TestAgent};
 use reqwest::Method;
 
 /// Finding 10: read-auth timestamps at the ends of `i64` are a 401, never a panic or 500.
@@ -296,12 +296,11 @@ async fn an_oversize_body_is_refused_with_connection_close() {
 
 /// `quickcmd_agent_refusals_delayed_total` from `/metrics`.
 async fn delayed(agent: &TestAgent) -> u64 {
-    let metrics = agent.request(Method::GET, "/metrics", None).await.text;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("quickcmd_agent_refusals_delayed_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .expect("the delayed-refusals counter")
+    metric(
+        &agent.metrics().await,
+        "quickcmd_agent_refusals_delayed_total",
+    )
+    .expect("the delayed-refusals counter") as u64
 }
 
 /// The audit database and its WAL, in bytes.
