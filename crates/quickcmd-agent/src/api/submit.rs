@@ -29,7 +29,13 @@ pub(super) async fn submit(
             ErrorCode::PayloadTooLarge,
             format!("request body is over the {MAX_BODY_BYTES}-byte limit"),
         );
-        return refuse(&agent, &Attempt::unread(remote), error, true).await;
+        let mut response = refuse(&agent, &Attempt::unread(remote), error).await;
+        // The rest of the body was never read: say the connection ends, so a client does
+        // not send its next request down a connection the server is about to close.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
     };
     if agent.is_shutting_down() {
         let error = ApiError::new(
@@ -37,7 +43,7 @@ pub(super) async fn submit(
             "the agent is shutting down and takes no new jobs; retry on another agent or later",
         );
         let attempt = admission::describe(&agent, remote, bytes).await;
-        return refuse(&agent, &attempt, error, false).await;
+        return refuse(&agent, &attempt, error).await;
     }
     match admission::admit(&agent, remote, bytes).await {
         (_, Ok(Admitted { job_id, status })) => (
@@ -49,14 +55,14 @@ pub(super) async fn submit(
         (_, Err(refused @ Refused::AuditUnavailable { .. })) => {
             ApiError::from(refused).into_response()
         }
-        (attempt, Err(refused)) => refuse(&agent, &attempt, refused.into(), false).await,
+        (attempt, Err(refused)) => refuse(&agent, &attempt, refused.into()).await,
     }
 }
 
 /// Refuses: audits the attempt (a small row; under a flood from one source, a count in
 /// that source's summary row; a failed audit write is logged and the answer stays the
 /// refusal) and counts it.
-async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError, unread_body: bool) -> Response {
+async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError) -> Response {
     agent.metrics.refusal(error.code.as_str());
     let decision = agent.refusals.record(
         &attempt.source(),
@@ -83,7 +89,11 @@ async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError, unread_body: 
     }
     // The log is bounded like the audit: a line per refusal that gets its own row; beyond
     // the per-source limit only at debug (the summary rows keep the count), so a flood of
-    // garbage cannot flood the journal.
+    // garbage cannot flood the journal. There, an unauthenticated refusal also waits a
+    // little for its answer, as sshd makes failed logins wait: a sender that waits for its
+    // answers (most do) sends a fraction of the requests, and the agent's CPU goes to
+    // signed work. Nothing is held meanwhile but a timer; a signed job's refusal (a 429
+    // for a full queue) is never delayed.
     if decision.write_row {
         tracing::info!(
             job_id = attempt.job_id.as_deref().unwrap_or("-"),
@@ -94,25 +104,12 @@ async fn refuse(agent: &Agent, attempt: &Attempt, error: ApiError, unread_body: 
         );
     } else {
         tracing::debug!(remote = %attempt.remote, code = error.code.as_str(), "refusal counted in its source's summary");
+        if !attempt.verified {
+            agent.metrics.refusal_delayed();
+            tokio::time::sleep(FLOOD_ANSWER_DELAY).await;
+        }
     }
-    // A source past its row limit that keeps sending unauthenticated garbage waits a
-    // little for each answer, as sshd makes failed logins wait: a sender that waits for
-    // its answers (most do) sends a fraction of the requests, and the agent's CPU goes to
-    // signed work. Nothing is held meanwhile but a timer; a signed job's refusal (a 429
-    // for a full queue) is never delayed.
-    if !attempt.verified && !decision.write_row {
-        agent.metrics.refusal_delayed();
-        tokio::time::sleep(FLOOD_ANSWER_DELAY).await;
-    }
-    let mut response = error.into_response();
-    if unread_body {
-        // The rest of the body was never read: say the connection ends, so a client does
-        // not send its next request down a connection the server is about to close.
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
+    error.into_response()
 }
 
 /// How long an unauthenticated refusal waits once its source is past
