@@ -45,33 +45,62 @@ fuzz_target!(|text: &str| {
     assert_eq!(format!("{config:?}"), format!("{reloaded:?}"));
 });
 
-/// Whether every number in `value`, re-serialised, is spelled as somewhere in `text`, and
-/// every string re-serialised in quotes was quoted that way in `text`.
+/// Whether every number in `value`, re-serialised, is spelled so in `text` (as often as it
+/// occurs), and every string re-serialised in quotes was quoted that way in `text`.
 fn scalars_keep_their_spelling(value: &serde_yaml::Value, text: &str) -> bool {
+    let mut spelled = Vec::new();
+    if !spellings_to_find(value, &mut spelled) {
+        return false;
+    }
+    spelled.iter().all(|word| {
+        let wanted = spelled.iter().filter(|other| *other == word).count();
+        occurrences_alone(text, word) >= wanted
+    })
+}
+
+/// Collects the re-serialised spellings `text` must contain; false where re-serialising
+/// cannot keep the meaning at all.
+fn spellings_to_find(value: &serde_yaml::Value, out: &mut Vec<String>) -> bool {
     use serde_yaml::Value;
-    let spelled_in_text = |spelled: Result<String, serde_yaml::Error>, must_check: bool| {
-        spelled.is_ok_and(|spelled| !must_check || text.contains(spelled.trim_end()))
-    };
     match value {
-        Value::Number(number) => spelled_in_text(serde_yaml::to_string(number), true),
-        Value::String(string) => {
-            let spelled = serde_yaml::to_string(string);
-            let quoted = spelled
-                .as_ref()
-                .is_ok_and(|s| s.starts_with('\'') || s.starts_with('"'));
-            spelled_in_text(spelled, quoted)
-        }
-        Value::Mapping(map) => map.iter().all(|(k, v)| {
-            scalars_keep_their_spelling(k, text) && scalars_keep_their_spelling(v, text)
-        }),
+        Value::Number(number) => match serde_yaml::to_string(number) {
+            Ok(spelled) => {
+                out.push(spelled.trim_end().to_owned());
+                true
+            }
+            Err(_) => false,
+        },
+        Value::String(string) => match serde_yaml::to_string(string) {
+            Ok(spelled) if spelled.starts_with('\'') || spelled.starts_with('"') => {
+                out.push(spelled.trim_end().to_owned());
+                true
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        },
+        Value::Mapping(map) => map
+            .iter()
+            .all(|(k, v)| spellings_to_find(k, out) && spellings_to_find(v, out)),
         // A null item (`- ~`, an empty anchored node) is re-spelled `null`, which a string
         // field reads as the word (fuzz finding, seeds/config_text/null-list-item.yaml).
         Value::Sequence(items) => items
             .iter()
-            .all(|v| !v.is_null() && scalars_keep_their_spelling(v, text)),
-        Value::Tagged(tagged) => scalars_keep_their_spelling(&tagged.value, text),
+            .all(|v| !v.is_null() && spellings_to_find(v, out)),
+        Value::Tagged(tagged) => spellings_to_find(&tagged.value, out),
         _ => true,
     }
+}
+
+/// How often `word` occurs in `text` as a whole scalar, not inside a longer one: `0` does
+/// not stand alone in `-0` or `0123` (fuzz finding, seeds/config_text/minus-zero-id.yaml).
+fn occurrences_alone(text: &str, word: &str) -> usize {
+    let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || "_.+-".contains(c));
+    text.match_indices(word)
+        .filter(|(at, _)| {
+            !glued(text[..*at].chars().next_back())
+                && !glued(text[at + word.len()..].chars().next())
+        })
+        .count()
 }
 
 /// The value with every null-valued mapping key removed. serde_yaml reads a key with an
