@@ -45,7 +45,7 @@ fuzz_target!(|text: &str| {
     assert_eq!(format!("{config:?}"), format!("{reloaded:?}"));
 });
 
-/// Whether every number in `value`, re-serialised, is spelled so in `text` (as often as it
+/// Whether every number and bool in `value`, re-serialised, is spelled so in `text` (as often as it
 /// occurs), and every string re-serialised in quotes was quoted that way in `text`.
 fn scalars_keep_their_spelling(value: &serde_yaml::Value, text: &str) -> bool {
     let mut spelled = Vec::new();
@@ -63,6 +63,12 @@ fn scalars_keep_their_spelling(value: &serde_yaml::Value, text: &str) -> bool {
 fn spellings_to_find(value: &serde_yaml::Value, out: &mut Vec<String>) -> bool {
     use serde_yaml::Value;
     match value {
+        // `FALSE` or `True` is a bool to a `Value`, re-spelled `false`/`true`, but the word
+        // itself to a string field (fuzz finding, seeds/config_text/bool-spelled-id.yaml).
+        Value::Bool(flag) => {
+            out.push(flag.to_string());
+            true
+        }
         Value::Number(number) => match serde_yaml::to_string(number) {
             Ok(spelled) => {
                 out.push(spelled.trim_end().to_owned());
